@@ -26,9 +26,12 @@ import time
 import numba
 import numpy as np
 
+from minidetr.attention import (
+    scaled_dot_product_attention_backward,
+    scaled_dot_product_attention_forward,
+)
 from minidetr.deformable import ms_deform_attn_backward, ms_deform_attn_forward
 from minidetr.kernels import ms_deform_cpu
-from minidetr.ops import scaled_dot_product_attention_backward, scaled_dot_product_attention_forward
 
 try:
     import torch

@@ -7,11 +7,11 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from minidetr.attention import scaled_dot_product_attention_forward
 from minidetr.backend import Rng, to_numpy
 from minidetr.criterion import SetCriterion
 from minidetr.denoising import PADDING_BOX, denoising_attention_mask, make_denoising_queries
 from minidetr.matching import HungarianMatcher
-from minidetr.ops import scaled_dot_product_attention_forward
 
 WEIGHTS = {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
 

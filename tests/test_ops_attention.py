@@ -9,16 +9,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minidetr.backend import to_numpy
-from minidetr.gradcheck import gradcheck
-from minidetr.ops import (
-    linear_forward,
+from minidetr.attention import (
     multi_head_attention_backward,
     multi_head_attention_forward,
     scaled_dot_product_attention_backward,
     scaled_dot_product_attention_forward,
-    softmax_forward,
 )
+from minidetr.backend import to_numpy
+from minidetr.gradcheck import gradcheck
+from minidetr.ops import linear_forward, softmax_forward
 
 TOL = 1e-7
 GOLDEN = np.load(Path(__file__).parent / "data" / "sdpa.npz")

@@ -24,6 +24,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from minidetr.attention import (
+    MultiHeadAttentionCache,
+    multi_head_attention_backward,
+    multi_head_attention_forward,
+)
 from minidetr.backend import Array, Rng, namespace
 from minidetr.model.params import accumulate, add_linear, add_norm, xavier_uniform
 from minidetr.ops import (
@@ -33,13 +38,10 @@ from minidetr.ops import (
     layernorm_forward,
     linear_backward,
     linear_forward,
-    multi_head_attention_backward,
-    multi_head_attention_forward,
     relu_backward,
     relu_forward,
 )
 from minidetr.ops.activation import DropoutCache, ReluCache
-from minidetr.ops.attention import MultiHeadAttentionCache
 from minidetr.ops.linear import LinearCache
 from minidetr.ops.normalization import NormCache
 

@@ -2,6 +2,10 @@
 
 ``name_forward(x, *params) -> (out, cache)`` and ``name_backward(dout, cache)``
 returning the gradients of the forward's differentiable array arguments, in order.
+
+Attention lives one level up, in :mod:`minidetr.attention`, which builds on this
+kit; its four dense ops are still reachable as ``minidetr.ops.<name>`` (resolved on
+first use, since ``minidetr.attention`` itself imports ``minidetr.ops``).
 """
 
 from minidetr.ops.activation import (
@@ -11,12 +15,6 @@ from minidetr.ops.activation import (
     relu_forward,
     sigmoid_backward,
     sigmoid_forward,
-)
-from minidetr.ops.attention import (
-    multi_head_attention_backward,
-    multi_head_attention_forward,
-    scaled_dot_product_attention_backward,
-    scaled_dot_product_attention_forward,
 )
 from minidetr.ops.conv import conv2d_backward, conv2d_forward
 from minidetr.ops.linear import linear_backward, linear_forward
@@ -37,7 +35,24 @@ from minidetr.ops.softmax import (
     softmax_forward,
 )
 
+_ATTENTION = (
+    "multi_head_attention_backward",
+    "multi_head_attention_forward",
+    "scaled_dot_product_attention_backward",
+    "scaled_dot_product_attention_forward",
+)
+
+
+def __getattr__(name: str):
+    if name in _ATTENTION:
+        import minidetr.attention
+
+        return getattr(minidetr.attention, name)
+    raise AttributeError(f"module 'minidetr.ops' has no attribute {name!r}")
+
+
 __all__ = [
+    *_ATTENTION,
     "conv2d_backward",
     "conv2d_forward",
     "cross_entropy_backward",
@@ -54,12 +69,8 @@ __all__ = [
     "log_softmax_forward",
     "mlp_backward",
     "mlp_forward",
-    "multi_head_attention_backward",
-    "multi_head_attention_forward",
     "relu_backward",
     "relu_forward",
-    "scaled_dot_product_attention_backward",
-    "scaled_dot_product_attention_forward",
     "sigmoid_backward",
     "sigmoid_forward",
     "sine_position_encoding",
