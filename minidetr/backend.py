@@ -8,11 +8,12 @@ standard slipped in.
 
 Everything a backend must do its own way lives here and nowhere else:
 
-* creating arrays on the right device (``asarray``, ``zeros_like``),
+* creating arrays on the right device (``asarray``, ``from_numpy``),
 * random numbers (``Rng``), drawn on the device of the arrays they feed,
 * the named host transfer (``to_numpy``),
 * the one scatter the standard lacks (``index_add``),
-* telling kernels which backend they face (``kind``).
+* telling kernels which backend they face (``kind``), and whether a compiled
+  kernel takes an array (``compiled_kernel``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,21 @@ def kind(x: Array) -> str:
     if array_api_compat.is_cupy_array(x):
         return "cupy"
     return "generic"
+
+
+def compiled_kernel(*arrays: Array) -> str | None:
+    """Which compiled kernel family takes all of ``arrays``, or ``None`` for the plain code.
+
+    ``"numba"`` when every array is a NumPy float32/float64 array, ``"cuda"`` when every
+    one is a CuPy float32/float64 array: the types the kernels are compiled for. Any
+    other namespace or dtype (array-api-strict, float16) runs the array-API reference.
+    ``None`` entries are skipped.
+    """
+    present = [a for a in arrays if a is not None]
+    kinds = {kind(a) for a in present}
+    if len(kinds) != 1 or not all(str(a.dtype) in ("float32", "float64") for a in present):
+        return None
+    return {"numpy": "numba", "cupy": "cuda"}.get(kinds.pop())
 
 
 def device(x: Array) -> Any:

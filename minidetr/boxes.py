@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from minidetr.backend import Array, kind, namespace
+from minidetr.backend import Array, compiled_kernel, namespace
 from minidetr.checks import check_floating, unravel_index
 from minidetr.kernels import giou_cpu
 
@@ -41,8 +41,8 @@ from minidetr.kernels import giou_cpu
 
 
 def _use_kernel(*arrays: Array) -> bool:
-    """True when every array is a NumPy float32/float64 array: the types the kernels compile for."""
-    return all(kind(a) == "numpy" and a.dtype.char in "fd" for a in arrays)
+    """True when the CPU kernels take every array (NumPy float32/float64)."""
+    return compiled_kernel(*arrays) == "numba"
 
 
 def _check_box_array(boxes: Array, name: str, *, on_kernel: bool = False) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from minidetr.backend import Array, asarray, device, kind, namespace
+from minidetr.backend import Array, asarray, compiled_kernel, device, kind, namespace
 from minidetr.deformable.layout import (
     MSDeformAttnCache,
     SpatialShapes,
@@ -48,7 +48,7 @@ def _choose(impl: str, value: Array) -> str:
         raise TypeError(f"impl='numba' runs on NumPy arrays, got a {k} value")
     elif impl == "cuda" and k not in ("numpy", "cupy"):
         raise TypeError(f"impl='cuda' runs on CuPy (or NumPy) arrays, got a {k} value")
-    if impl != "reference" and value.dtype not in ("float32", "float64"):
+    if impl != "reference" and compiled_kernel(value) is None:
         # the kernels are compiled for these two; float16 (or a bad dtype) goes to the
         # reference, whose checks name the problem
         return "reference"

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minidetr.backend import Array, kind, namespace
+from minidetr.backend import Array, compiled_kernel, namespace
 from minidetr.checks import check_dim, check_floating, check_ndim
 
 
@@ -36,7 +36,7 @@ def _out_size(n: int, k: int, stride: int, padding: int) -> int:
 
 def _compiled(x: Array) -> bool:
     """Whether the Numba loops take ``x``: a NumPy array of float32 or float64."""
-    return kind(x) == "numpy" and x.dtype in (np.float32, np.float64)
+    return compiled_kernel(x) == "numba"
 
 
 def _im2col(x: Array, k: int, stride: int, padding: int, ho: int, wo: int) -> Array:
