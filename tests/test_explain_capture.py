@@ -65,8 +65,16 @@ def test_nothing_is_recorded_outside_the_block():
     assert len(grads) == 0
 
 
+TARGETS = (
+    "encoder.layers.0.self_attn",
+    "decoder.layers.1.self_attn",
+    "decoder.layers.1.cross_attn",
+)
+
+
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("preset", ["tiny", "tiny-deformable"])
-def test_captured_gradients_equal_finite_differences(preset, monkeypatch):
+def test_captured_gradients_equal_finite_differences(preset, target, monkeypatch):
     """Perturb one captured map inside the forward by eps * E; dy/deps must be <dy/dA, E>."""
     model, params, images = model_and_images(preset, seed=1)
     query, cls = 2, 1
@@ -74,49 +82,41 @@ def test_captured_gradients_equal_finite_differences(preset, monkeypatch):
     # the forward detaches refined boxes and the two-stage choice; hold them fixed, as the
     # backward does
     detached = model.forward(params, images, train=False)[1].detached
-    rng = np.random.default_rng(7)
-    for target in (
-        "encoder.layers.0.self_attn",
-        "decoder.layers.1.self_attn",
-        "decoder.layers.1.cross_attn",
-    ):
-        names = list(maps)
-        kind = maps[target].kind
-        # the n-th call of the op in the forward is the n-th captured map of that kind
-        index = [n for n in names if maps[n].kind == kind].index(target)
-        direction = rng.standard_normal(maps[target].weights.shape)
-        calls = {"n": 0, "eps": 0.0}
+    kind = maps[target].kind
+    # the n-th call of the op in the forward is the n-th captured map of that kind
+    index = [n for n in maps if maps[n].kind == kind].index(target)
+    direction = np.random.default_rng(7).standard_normal(maps[target].weights.shape)
+    calls = {"n": 0, "eps": 0.0}
 
-        if kind == "dense":
-            original = dense.scaled_dot_product_attention_forward
+    if kind == "dense":
+        original = dense.scaled_dot_product_attention_forward
 
-            def patched(q, k, v, mask=None, _original=original):
-                out, c = _original(q, k, v, mask)
-                if calls["n"] == index:
-                    p = c.p + calls["eps"] * direction
-                    out, c = np.matmul(p, v), c._replace(p=p)
-                calls["n"] += 1
-                return out, c
+        def patched(q, k, v, mask=None):
+            out, c = original(q, k, v, mask)
+            if calls["n"] == index:
+                p = c.p + calls["eps"] * direction
+                out, c = np.matmul(p, v), c._replace(p=p)
+            calls["n"] += 1
+            return out, c
 
-            monkeypatch.setattr(dense, "scaled_dot_product_attention_forward", patched)
-        else:
-            original = deformable_module.ms_deform_attn_forward
+        monkeypatch.setattr(dense, "scaled_dot_product_attention_forward", patched)
+    else:
+        original = deformable_module.ms_deform_attn_forward
 
-            def patched(value, shapes, loc, attn, impl="auto", _original=original):
-                if calls["n"] == index:
-                    attn = attn + calls["eps"] * direction
-                calls["n"] += 1
-                return _original(value, shapes, loc, attn, impl=impl)
+        def patched(value, shapes, loc, attn, impl="auto"):
+            if calls["n"] == index:
+                attn = attn + calls["eps"] * direction
+            calls["n"] += 1
+            return original(value, shapes, loc, attn, impl=impl)
 
-            monkeypatch.setattr(deformable_module, "ms_deform_attn_forward", patched)
+        monkeypatch.setattr(deformable_module, "ms_deform_attn_forward", patched)
 
-        def y(eps):
-            calls["n"], calls["eps"] = 0, eps
-            return score(model, params, images, query, cls, detached)
+    def y(eps):
+        calls["n"], calls["eps"] = 0, eps
+        return score(model, params, images, query, cls, detached)
 
-        h = 1e-6
-        numeric = (y(h) - y(-h)) / (2 * h)
-        analytic = float(np.sum(grads[target] * direction))
-        assert abs(analytic) > 1e-6, target  # a test that cannot pass by zeros
-        np.testing.assert_allclose(analytic, numeric, rtol=1e-5, err_msg=target)
-        monkeypatch.undo()
+    h = 1e-6
+    numeric = (y(h) - y(-h)) / (2 * h)
+    analytic = float(np.sum(grads[target] * direction))
+    assert abs(analytic) > 1e-6  # a test that cannot pass by zeros
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-5)
