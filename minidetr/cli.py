@@ -267,6 +267,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from minidetr.explain.command import explain_command
+
+    run = _load_run(args.checkpoint, args.device)
+    images = [_read_image(p, run.model.config.image_size) for p in args.images]
+    out = Path(args.out)
+    summary = explain_command(run, images, out, num_images=args.num_images)
+    print(f"minidetr: explained {summary['detections']} detections; wrote {out}/explain.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from minidetr.data import DATASETS
     from minidetr.model import PRESETS
@@ -309,6 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold", type=float, help="lowest score drawn (default 0.3 focal, 0.5 softmax)"
     )
     p.set_defaults(func=cmd_predict)
+
+    x = sub.add_parser("explain", parents=[common], help="attention maps, relevance, faithfulness")
+    x.add_argument("checkpoint")
+    x.add_argument("images", nargs="*", help="pictures (default: held-out images)")
+    x.add_argument("--out", default="explain", help="folder for the figures and explain.json")
+    x.add_argument("--num-images", type=int, default=16, help="held-out images explained")
+    x.set_defaults(func=cmd_explain)
     return parser
 
 
