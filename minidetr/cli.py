@@ -273,7 +273,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
     run = _load_run(args.checkpoint, args.device)
     images = [_read_image(p, run.model.config.image_size) for p in args.images]
     out = Path(args.out)
-    summary = explain_command(run, images, out, num_images=args.num_images)
+    summary = explain_command(
+        run,
+        images,
+        out,
+        num_images=args.num_images,
+        ablation_images=args.ablation_images,
+        threshold=args.threshold,
+    )
     print(f"minidetr: explained {summary['detections']} detections; wrote {out}/explain.json")
     return 0
 
@@ -326,6 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("images", nargs="*", help="pictures (default: held-out images)")
     x.add_argument("--out", default="explain", help="folder for the figures and explain.json")
     x.add_argument("--num-images", type=int, default=16, help="held-out images explained")
+    x.add_argument(
+        "--ablation-images", type=int, default=64, help="held-out images for AP per removed head"
+    )
+    x.add_argument(
+        "--threshold", type=float, help="lowest score explained (default 0.3 focal, 0.5 softmax)"
+    )
     x.set_defaults(func=cmd_explain)
     return parser
 

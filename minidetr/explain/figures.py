@@ -102,8 +102,10 @@ def save_sampling_points(
     attention weight. Does nothing for dense attention.
     """
     maps = explanation.maps
+    if not explanation.detections:
+        return
     last = maps[group_layers(maps).decoder_cross[-1]]
-    if last.kind != "deformable" or not explanation.detections:
+    if last.kind != "deformable":
         return
     dets = explanation.detections[:limit]
     loc, weights = to_numpy(last.locations), to_numpy(last.weights)  # (B, Q, M, L, P, ...)
