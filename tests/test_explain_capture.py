@@ -22,7 +22,7 @@ def model_and_images(preset, seed=0):
 
 def score(model, params, images, query, cls, detached):
     outputs, _ = model.forward(params, images, train=False, detached=detached)
-    return float(np.sum(outputs["pred_logits"][:, query, cls]))
+    return float(np.sum(outputs.pred_logits[:, query, cls]))
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-deformable"])

@@ -112,7 +112,7 @@ def explain_backward(
     Returns (outputs, maps, gradients); ``outputs`` as ``MiniDETR.forward``'s.
     """
     outputs, cache = model.forward(params, images, train=False)
-    logits = outputs["pred_logits"]  # (B, Q, K)
+    logits = outputs.pred_logits  # (B, Q, K)
     b = logits.shape[0]
     if len(queries) != b or len(classes) != b:
         raise ValueError(f"queries and classes must list one entry per image ({b})")

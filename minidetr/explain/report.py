@@ -118,8 +118,8 @@ def _iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
 
 def find_detections(outputs: dict, size: int, focal: bool, cfg: ExplainConfig) -> list[Detection]:
     """Every image's detections above the threshold, one per query (its best class)."""
-    prob = _probabilities(to_numpy(outputs["pred_logits"]).astype(np.float64), focal)
-    boxes = _xyxy(to_numpy(outputs["pred_boxes"]).astype(np.float64), size)
+    prob = _probabilities(to_numpy(outputs.pred_logits).astype(np.float64), focal)
+    boxes = _xyxy(to_numpy(outputs.pred_boxes).astype(np.float64), size)
     found = []
     for b in range(prob.shape[0]):
         best, label = prob[b].max(-1), prob[b].argmax(-1)  # (Q,)
@@ -133,8 +133,8 @@ def predictions(model: Any, params: dict, images: np.ndarray, like: Array) -> tu
     """(class probabilities (N, Q, C), boxes (N, Q, 4) x0 y0 x1 y1 pixels) on the host."""
     cfg = model.config
     outputs, _ = model.forward(params, asarray(images, like=like), train=False)
-    prob = _probabilities(to_numpy(outputs["pred_logits"]).astype(np.float64), cfg.focal)
-    return prob, _xyxy(to_numpy(outputs["pred_boxes"]).astype(np.float64), cfg.image_size)
+    prob = _probabilities(to_numpy(outputs.pred_logits).astype(np.float64), cfg.focal)
+    return prob, _xyxy(to_numpy(outputs.pred_boxes).astype(np.float64), cfg.image_size)
 
 
 def detection_score(prob: np.ndarray, boxes: np.ndarray, det: Detection) -> np.ndarray:
