@@ -127,3 +127,15 @@ def test_entropy_rejects_non_distributions():
         attention_entropy(np.array([0.5, 0.2]))
     with pytest.raises(TypeError, match="weights"):
         attention_entropy(np.array([1, 0]))
+
+
+def test_entropy_penalty_value_and_gradient(rng):
+    from minidetr.explain.regularize import entropy_penalty_backward, entropy_penalty_forward
+    from minidetr.gradcheck import numerical_gradient
+
+    p = softmax_maps(rng, 2, 2, 5, 2.0)
+    value, cache = entropy_penalty_forward(p, 0.3)
+    np.testing.assert_allclose(value, 0.3 * attention_entropy(p).mean(), rtol=1e-12)
+    (dp,) = entropy_penalty_backward(np.asarray(1.0), cache)
+    numeric = numerical_gradient(lambda x: entropy_penalty_forward(x, 0.3)[0], p)
+    np.testing.assert_allclose(dp, numeric, rtol=1e-6, atol=1e-9)
