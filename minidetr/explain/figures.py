@@ -62,18 +62,21 @@ def save_detection_maps(
     classes: Sequence[str],
     limit: int = 6,
 ) -> None:
-    """One row per detection: the image and its box, then every method's map (and its IoU)."""
+    """One row per detection: the image and its box, every method's map (with its IoU), and the
+    true mask of the matched object where there is one (the random map's scores are in
+    explain.json; its picture is noise)."""
     dets = explanation.detections[:limit]
-    methods = (*METHODS, "random")
-    fig, axes = _grid(len(dets), 1 + len(methods))
+    fig, axes = _grid(len(dets), 2 + len(METHODS))
     for row, det in zip(axes, dets):
         image = images[det.image]
         _show(row[0], image, f"{classes[det.label]} {det.score:.2f}")
         _box(row[0], det, COLOURS[det.label % len(COLOURS)])
-        for ax, method in zip(row[1:], methods):
+        for ax, method in zip(row[1:], METHODS):
             extra = f" (IoU {det.iou[method]:.2f})" if det.iou else ""
             _overlay(ax, image, det.maps[method], method + extra)
             _box(ax, det)
+        if det.mask is not None:
+            _overlay(row[-1], image, det.mask.astype(float), "true mask")
     _save(fig, path)
 
 

@@ -55,6 +55,7 @@ class Detection:
     deletion: dict[str, float] = field(default_factory=dict)
     insertion: dict[str, float] = field(default_factory=dict)
     iou: dict[str, float] = field(default_factory=dict)  # only for a matched true object
+    mask: np.ndarray | None = None  # (H, W) the matched true object's visible pixels
     gate_grad: dict[str, np.ndarray] = field(default_factory=dict)  # layer -> (M,) dy/dxi
 
 
@@ -210,6 +211,7 @@ def explain(
             boxes, labels, masks = targets[det.image]
             t = _match(det, boxes, labels, cfg.match_iou)
             if t is not None:
+                det.mask = masks[t]
                 det.iou = {m: segmentation_iou(r, masks[t]) for m, r in det.maps.items()}
     intervention = (
         head_interventions(model, params, images, like, detections) if interventions else {}
