@@ -222,8 +222,9 @@ def explain(
 def head_interventions(
     model: Any, params: dict, images: np.ndarray, like: Array, detections: list[Detection]
 ) -> dict[str, float]:
-    """Remove each head in turn; rank-correlate each detection's score change with the
-    gradient's first-order prediction -dy/dxi_h, averaged over detections."""
+    """Remove each head, then each layer's attention, in turn; rank-correlate each detection's
+    score change with the gradients' first-order prediction -dy/dxi (summed over a layer's
+    heads), averaged over detections."""
     if not detections:
         return {}
     heads = model.config.num_heads
@@ -237,13 +238,24 @@ def head_interventions(
     change = np.stack(
         [scores(ablate_head(params, n, h, heads)) - base for n in names for h in range(heads)], 1
     )  # (detections, layers * M)
-    rhos = []
-    for d, actual in zip(detections, change):
-        predicted = -np.concatenate([d.gate_grad[n] for n in names])  # (layers * M,)
-        if np.ptp(actual) > 0 and np.ptp(predicted) > 0:
-            rhos.append(float(spearmanr(predicted, actual).statistic))
-    return {
-        "spearman_head_removal": _mean(rhos),
-        "detections": len(rhos),
-        "heads": len(names) * heads,
-    }
+    layer_change = np.stack([scores(_ablate_layer(params, n, heads)) - base for n in names], 1)
+    out: dict[str, Any] = {"detections": len(detections), "heads": len(names) * heads}
+    for key, actual_all, per in (
+        ("spearman_head_removal", change, 1),
+        ("spearman_layer_removal", layer_change, heads),
+    ):
+        rhos = []
+        for d, actual in zip(detections, actual_all):
+            gate = np.concatenate([d.gate_grad[n] for n in names])  # (layers * M,)
+            predicted = -gate.reshape(-1, per).sum(1)  # first order: y(xi = 0) - y(xi = 1)
+            if np.ptp(actual) > 0 and np.ptp(predicted) > 0:
+                rhos.append(float(spearmanr(predicted, actual).statistic))
+        out[key] = _mean(rhos)
+    return out
+
+
+def _ablate_layer(params: dict, name: str, heads: int) -> dict:
+    """Every head of attention ``name`` removed: the layer's attention contributes nothing."""
+    for h in range(heads):
+        params = ablate_head(params, name, h, heads)
+    return params
