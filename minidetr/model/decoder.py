@@ -15,7 +15,11 @@ Two kinds of query:
   Detaching between layers (Deformable DETR, section A.4) makes each layer
   learn its own correction instead of passing gradients down the stack.
 
-Shapes: B batch, N queries in the decoder (denoising and matching), D width, K logits.
+The stack's inputs come in two bundles, :class:`Queries` (the queries before the
+first layer) and :class:`~minidetr.model.memory.Memory` (what every layer reads).
+
+Shapes: B batch, N queries in the decoder (denoising and matching), S memory
+tokens, D width, K logits.
 """
 
 from __future__ import annotations
@@ -23,8 +27,16 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from minidetr.backend import Array
+from minidetr.model.attention_kind import AttentionKind
 from minidetr.model.config import ModelConfig
+from minidetr.model.decoder_layer import (
+    DecoderLayerCache,
+    LayerQueries,
+    decoder_layer_backward,
+    decoder_layer_forward,
+)
 from minidetr.model.heads import HeadsCache, heads_backward, heads_forward
+from minidetr.model.memory import Memory
 from minidetr.model.params import accumulate_mlp, mlp_params
 from minidetr.model.queries import (
     BoxSineCache,
@@ -32,20 +44,21 @@ from minidetr.model.queries import (
     box_sine_embedding_forward,
     inverse_sigmoid,
 )
-from minidetr.model.transformer import (
-    AttentionKind,
-    DecoderLayerCache,
-    RunContext,
-    TokenLayout,
-    decoder_layer_backward,
-    decoder_layer_forward,
-    sum_to,
-)
+from minidetr.model.sublayers import RunContext, sum_to
 from minidetr.ops import mlp_backward, mlp_forward, sigmoid_backward, sigmoid_forward
 from minidetr.ops.activation import SigmoidCache
 from minidetr.ops.mlp import MlpCache
 
 POS_HEAD_LAYERS = 2  # MLP_pos: 2 D -> D -> D, as DAB-DETR's ref_point_head
+
+
+class Queries(NamedTuple):
+    """The decoder's N queries before the first layer: either anchors or DETR's positions."""
+
+    content: Array  # (B, N, D) tgt, what each query carries into the first layer
+    anchors: Array | None  # (B, N, 4) anchor boxes in logit space u_0, or None
+    pos: Array | None  # (1, N, D) DETR's learned positional queries, or None (anchors)
+    self_mask: Array | None  # (N, N) True = may attend, or None
 
 
 class DecoderStepCache(NamedTuple):
@@ -71,26 +84,21 @@ def decoder_forward(
     params: dict,
     cfg: ModelConfig,
     kind: AttentionKind,
-    tgt: Array,
-    ref_unsig: Array | None,
-    query_pos: Array | None,
-    memory: Array,
-    memory_pos: Array,
-    layout: TokenLayout,
-    self_mask: Array | None,
+    queries: Queries,
+    memory: Memory,
     ctx: RunContext,
     refined: tuple[Array, ...] | None = None,
 ) -> tuple[list[tuple[Array, Array]], DecoderCache]:
     """[(logits (B, N, K), boxes (B, N, 4)) for every layer], cache.
 
-    tgt (B, N, D) content queries; either ``ref_unsig`` (B, N, 4) anchor boxes in
-    logit space, or ``query_pos`` (1, N, D) DETR's learned positional queries.
-    memory (B, L, D), memory_pos (1, L, D); self_mask (N, N) True = may attend.
-    ``refined`` (an earlier cache's) replaces the detached u_1 .. u_{n-1}, so the
-    outputs become a smooth function of the parameters, as a gradient check needs.
+    ``queries`` carries either anchor boxes (B, N, 4) in logit space or DETR's
+    learned positional queries (1, N, D); ``memory`` the encoder's output
+    (B, S, D), its positions (1, S, D) and layout. ``refined`` (an earlier
+    cache's) replaces the detached u_1 .. u_{n-1}, so the outputs become a smooth
+    function of the parameters, as a gradient check needs.
     """
     outputs, steps, new_refs = [], [], []
-    h = tgt
+    h, ref_unsig, query_pos = queries.content, queries.anchors, queries.pos
     for i in range(cfg.num_decoder_layers):
         ref = ref_cache = sine = pos_head = None
         if ref_unsig is not None:
@@ -102,16 +110,11 @@ def decoder_forward(
         h, layer = decoder_layer_forward(
             params,
             f"decoder.layers.{i}",
-            h,
-            query_pos,
-            memory,
-            memory_pos,
-            ref,
-            self_mask,
-            layout,
-            kind,
-            cfg,
-            ctx,
+            queries=LayerQueries(h, query_pos, ref, queries.self_mask),
+            memory=memory,
+            kind=kind,
+            cfg=cfg,
+            ctx=ctx,
         )  # (B, N, D)
         logits, boxes, _, heads = heads_forward(params, h, ref_unsig)
         outputs.append((logits, boxes))
@@ -127,7 +130,7 @@ def decoder_backward(
     doutputs: list[tuple[Array, Array]], cache: DecoderCache, grads: dict
 ) -> tuple[Array, Array | None, Array | None, Array, Array | None]:
     """(dtgt (B, N, D), dref_unsig (B, N, 4) or None, dquery_pos (1, N, D) or None,
-    dmemory (B, L, D), dmemory_pos (1, L, D) or None) from each layer's (dlogits, dboxes)."""
+    dmemory (B, S, D), dmemory_pos (1, S, D) or None) from each layer's (dlogits, dboxes)."""
     dh = dref0 = dqpos0 = dmemory = dmemory_pos = None
     for i in reversed(range(len(cache.steps))):
         step = cache.steps[i]

@@ -31,8 +31,9 @@ from minidetr.deformable.module import (
     ms_deform_attn_module_backward,
     ms_deform_attn_module_forward,
 )
+from minidetr.model.attention_kind import AttentionKind
+from minidetr.model.memory import Memory, TokenLayout
 from minidetr.model.params import accumulate
-from minidetr.model.transformer import AttentionKind, TokenLayout
 
 
 def init_deformable_attention(out: dict, name: str, cfg: Any, rng: np.random.Generator) -> None:
@@ -93,23 +94,21 @@ def deformable_cross_attention_forward(
     name: str,
     tgt: Array,
     query_pos: Array,
-    memory: Array,
-    memory_pos: Array,
     ref_boxes: Array,
+    memory: Memory,
     cfg: Any,
-    layout: TokenLayout,
 ) -> tuple[Array, MSDeformAttnModuleCache]:
     """MSDeformAttn(query = tgt + query_pos, reference = ref_boxes on every level, value = memory).
 
-    tgt (B, Q, D), ref_boxes (B, Q, 4) cxcywh in [0, 1], memory (B, L, D). As in
-    Deformable DETR the memory's positions do not enter: where to look comes from
-    the reference boxes.
+    tgt (B, Q, D), ref_boxes (B, Q, 4) cxcywh in [0, 1], memory.tokens (B, S, D). As
+    in Deformable DETR the memory's positions do not enter: where to look comes
+    from the reference boxes.
     """
     xp = namespace(tgt)
     b, q, _ = tgt.shape
-    s = len(layout.spatial_shapes)
-    ref = xp.broadcast_to(ref_boxes[:, :, None, :], (b, q, s, 4))  # (B, Q, S, 4)
-    return _attend(params, name, tgt + query_pos, ref, memory, cfg, layout)
+    lv = len(memory.layout.spatial_shapes)
+    ref = xp.broadcast_to(ref_boxes[:, :, None, :], (b, q, lv, 4))  # (B, Q, L, 4)
+    return _attend(params, name, tgt + query_pos, ref, memory.tokens, cfg, memory.layout)
 
 
 def deformable_cross_attention_backward(

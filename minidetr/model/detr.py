@@ -29,6 +29,7 @@ import numpy as np
 from minidetr.backend import Array, Rng, asarray, namespace
 from minidetr.checks import check_dim, check_floating, check_ndim
 from minidetr.denoising import DenoisingQueries
+from minidetr.model.attention_kind import STANDARD, AttentionKind
 from minidetr.model.backbone import (
     BackboneCache,
     backbone_backward,
@@ -36,30 +37,27 @@ from minidetr.model.backbone import (
     init_backbone,
 )
 from minidetr.model.config import ModelConfig
-from minidetr.model.decoder import DecoderCache, decoder_backward, decoder_forward
+from minidetr.model.decoder import DecoderCache, Queries, decoder_backward, decoder_forward
+from minidetr.model.decoder_layer import init_decoder_layers
+from minidetr.model.deformable_transformer import DEFORMABLE
+from minidetr.model.encoder import encoder_backward, encoder_forward, init_encoder
 from minidetr.model.heads import init_heads
-from minidetr.model.params import accumulate, add_mlp, check_params
+from minidetr.model.memory import Memory
+from minidetr.model.params import accumulate, check_params
 from minidetr.model.queries import (
     EmbeddingCache,
     embedding_backward,
     embedding_forward,
+    init_queries,
     inverse_sigmoid,
 )
+from minidetr.model.sublayers import RunContext
 from minidetr.model.tokens import (
     TokensCache,
     init_tokens,
     proposals,
     tokens_backward,
     tokens_forward,
-)
-from minidetr.model.transformer import (
-    STANDARD,
-    AttentionKind,
-    RunContext,
-    encoder_backward,
-    encoder_forward,
-    init_decoder_layers,
-    init_encoder,
 )
 from minidetr.model.two_stage import (
     TwoStageCache,
@@ -71,11 +69,7 @@ from minidetr.model.two_stage import (
 
 def attention_kind(cfg: ModelConfig) -> AttentionKind:
     """Dense attention for DETR, multi-scale deformable attention for Deformable DETR."""
-    if cfg.variant == "deformable":
-        from minidetr.model.deformable_transformer import DEFORMABLE  # noqa: PLC0415
-
-        return DEFORMABLE
-    return STANDARD
+    return DEFORMABLE if cfg.variant == "deformable" else STANDARD
 
 
 class MiniDETRCache(NamedTuple):
@@ -121,17 +115,7 @@ class MiniDETR:
         out.update(init_tokens(cfg, rng))
         out.update(init_encoder(cfg, rng, self.kind))
         out.update(init_decoder_layers(cfg, rng, self.kind))
-        q, d = cfg.num_queries, cfg.d_model
-        out["query.content"] = rng.standard_normal((q, d))
-        if not cfg.anchor_queries:
-            out["query.pos"] = rng.standard_normal((q, d))
-        else:
-            add_mlp(out, "query.pos_head", rng, (2 * d, d, d))
-            if not cfg.two_stage:  # centres uniform in the image, sides 0.1 (in logit space)
-                boxes = np.concatenate([rng.uniform(0.05, 0.95, (q, 2)), np.full((q, 2), 0.1)], 1)
-                out["query.anchors"] = np.log(boxes / (1.0 - boxes))
-        if cfg.denoising:  # one row per class and one for denoising padding slots
-            out["query.label_embed"] = rng.standard_normal((cfg.num_classes + 1, d))
+        out.update(init_queries(cfg, rng))
         out.update(init_heads(cfg, rng))
         if cfg.two_stage:
             out.update(init_two_stage(cfg, rng))
@@ -245,15 +229,10 @@ class MiniDETR:
             params,
             cfg,
             self.kind,
-            tgt,
-            ref_unsig,
-            query_pos,
-            memory,
-            pos,
-            layout,
-            mask,
-            ctx,
-            None if detached is None else detached["refined"],
+            queries=Queries(tgt, ref_unsig, query_pos, mask),
+            memory=Memory(memory, pos, layout),
+            ctx=ctx,
+            refined=None if detached is None else detached["refined"],
         )
         main = [{"pred_logits": lg[:, qdn:, :], "pred_boxes": bx[:, qdn:, :]} for lg, bx in layers]
         outputs.update(main[-1])

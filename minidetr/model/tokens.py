@@ -19,8 +19,8 @@ import numpy as np
 
 from minidetr.backend import Array, namespace
 from minidetr.model.config import ModelConfig
+from minidetr.model.memory import TokenLayout
 from minidetr.model.params import accumulate, add_norm, xavier_uniform
-from minidetr.model.transformer import TokenLayout
 from minidetr.ops import (
     conv2d_backward,
     conv2d_forward,
