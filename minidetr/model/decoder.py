@@ -38,16 +38,19 @@ from minidetr.model.decoder_layer import (
 from minidetr.model.heads import HeadsCache, heads_backward, heads_forward
 from minidetr.model.memory import Memory
 from minidetr.model.params import accumulate_mlp, mlp_params
-from minidetr.model.queries import (
-    BoxSineCache,
+from minidetr.model.sublayers import RunContext, sum_to
+from minidetr.ops import (
     box_sine_embedding_backward,
     box_sine_embedding_forward,
     inverse_sigmoid,
+    mlp_backward,
+    mlp_forward,
+    sigmoid_backward,
+    sigmoid_forward,
 )
-from minidetr.model.sublayers import RunContext, sum_to
-from minidetr.ops import mlp_backward, mlp_forward, sigmoid_backward, sigmoid_forward
 from minidetr.ops.activation import SigmoidCache
 from minidetr.ops.mlp import MlpCache
+from minidetr.ops.position import BoxSineCache
 
 POS_HEAD_LAYERS = 2  # MLP_pos: 2 D -> D -> D, as DAB-DETR's ref_point_head
 

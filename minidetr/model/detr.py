@@ -44,13 +44,7 @@ from minidetr.model.encoder import encoder_backward, encoder_forward, init_encod
 from minidetr.model.heads import init_heads
 from minidetr.model.memory import Memory
 from minidetr.model.params import accumulate, check_params
-from minidetr.model.queries import (
-    EmbeddingCache,
-    embedding_backward,
-    embedding_forward,
-    init_queries,
-    inverse_sigmoid,
-)
+from minidetr.model.queries import init_queries
 from minidetr.model.sublayers import RunContext
 from minidetr.model.tokens import (
     TokensCache,
@@ -65,6 +59,8 @@ from minidetr.model.two_stage import (
     two_stage_backward,
     two_stage_forward,
 )
+from minidetr.ops import embedding_backward, embedding_forward, inverse_sigmoid
+from minidetr.ops.embedding import EmbeddingCache
 
 
 def attention_kind(cfg: ModelConfig) -> AttentionKind:
