@@ -2,6 +2,9 @@
 
 Dimension letters: B batch, Q queries, M heads, Dh head width, L levels,
 P sampling points per head and level, S = sum_l H_l * W_l tokens of all levels.
+In Deformable DETR's paper and code these are: B the code's N, Q its Len_q, S
+its Len_in, L the paper's L (``n_levels``), M its M (``n_heads``), P the paper's
+K (``n_points``), and D = M * Dh the paper's C (``d_model``).
 
 Deformable DETR's layout, shared by every implementation:
 

@@ -17,9 +17,11 @@ VARIANTS = ("standard", "deformable")
 class ModelConfig:
     """Sizes and switches of a MiniDETR.
 
-    Dimension letters used across ``minidetr.model``: B batch, Q queries, L tokens
-    (pixels of every used feature map), D ``d_model``, M ``num_heads``, S
-    ``num_levels``, P ``num_points``, C ``num_classes``, F ``ffn_dim``.
+    Dimension letters used across ``minidetr.model`` (the style guide's, which are
+    Deformable DETR's): B batch, Q queries, S tokens (S = sum_l H_l W_l, the
+    pixels of every used feature map), L ``num_levels``, D ``d_model``, M
+    ``num_heads``, Dh = D / M head width, P ``num_points``, C ``num_classes``,
+    F ``ffn_dim``.
     """
 
     variant: str = "standard"  # "standard" (DETR) or "deformable" (Deformable DETR)
@@ -31,7 +33,7 @@ class ModelConfig:
     backbone_channels: tuple[int, ...] = (16, 32, 64, 128)
     backbone_blocks: tuple[int, ...] = (0, 0, 1, 1)
     num_groups: int = 8  # GroupNorm groups, in the backbone and the input projections
-    num_levels: int = 1  # S, how many of the last backbone stages feed the transformer
+    num_levels: int = 1  # L, how many of the last backbone stages feed the transformer
     d_model: int = 128
     num_heads: int = 8
     ffn_dim: int = 256
@@ -106,7 +108,7 @@ class ModelConfig:
 
     @property
     def level_strides(self) -> tuple[int, ...]:
-        """Strides of the S feature maps that feed the transformer, finest first."""
+        """Strides of the L feature maps that feed the transformer, finest first."""
         n = len(self.backbone_channels)
         return tuple(2 ** (i + 1) for i in range(n - self.num_levels, n))
 

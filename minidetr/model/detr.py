@@ -2,12 +2,12 @@
 
 forward, step by step (each a call to an op pair met in the lessons):
 
-1. backbone       conv2d + groupnorm + relu, stride 2 per stage    -> S maps (B, C_l, H_l, W_l)
+1. backbone       conv2d + groupnorm + relu, stride 2 per stage    -> L maps (B, C_l, H_l, W_l)
 2. tokens         1x1 conv2d + groupnorm, flatten; sine positions (+ level embedding)
-                                                                    -> src (B, L, D), pos (1, L, D)
-3. encoder        self-attention (dense or deformable) + FFN, post-norm   -> memory (B, L, D)
+                                                                    -> src (B, S, D), pos (1, S, D)
+3. encoder        self-attention (dense or deformable) + FFN, post-norm   -> memory (B, S, D)
 4. queries        learned content (Q, D) with DETR's learned positions, learned anchor boxes,
-                  or the encoder's K best proposals (two-stage); denoising queries in front
+                  or the encoder's Q best proposals (two-stage); denoising queries in front
 5. decoder        self-attention, cross-attention to memory, FFN; heads on every layer
 6. outputs        {"pred_logits", "pred_boxes", "aux_outputs", "dn", "enc_outputs"}
 
@@ -17,7 +17,7 @@ al., "Deformable DETR" (2021); Liu et al., "DAB-DETR" (2022); Li et al., "DN-DET
 (2022); Zhang et al., "DINO" (2023).
 
 Shapes: B batch, 3 x H x W images, Q matching queries, Qdn denoising queries,
-L memory tokens, D width, K logits (C + 1, or C with focal loss).
+S memory tokens, L levels, D width, K logits (C + 1, or C with focal loss).
 """
 
 from __future__ import annotations
@@ -185,9 +185,9 @@ class MiniDETR:
             rng = Rng(rng)
         xp = namespace(images)
         ctx = RunContext(cfg.dropout, train, rng)
-        feats, bb = backbone_forward(params, images, cfg)  # S x (B, C_l, H_l, W_l)
-        src, pos, layout, tk = tokens_forward(params, feats, cfg)  # (B, L, D), (1, L, D)
-        memory, enc = encoder_forward(params, src, pos, layout, self.kind, cfg, ctx)  # (B, L, D)
+        feats, bb = backbone_forward(params, images, cfg)  # L x (B, C_l, H_l, W_l)
+        src, pos, layout, tk = tokens_forward(params, feats, cfg)  # (B, S, D), (1, S, D)
+        memory, enc = encoder_forward(params, src, pos, layout, self.kind, cfg, ctx)  # (B, S, D)
 
         b, q, d = images.shape[0], cfg.num_queries, cfg.d_model
         outputs: dict = {}
