@@ -95,7 +95,7 @@ def ms_deform_attn_forward(
         )
     else:
         # imported on first use: numba.cuda reads NUMBA_ENABLE_CUDASIM when first imported
-        from minidetr.kernels.ms_deform_cuda import ms_deform_attn_forward_cuda  # noqa: PLC0415
+        from minidetr.kernels.ms_deform_cuda import ms_deform_attn_forward_cuda
 
         xp = namespace(value)
         b, q = sampling_locations.shape[:2]
@@ -124,7 +124,8 @@ def ms_deform_attn_backward(dout: Array, cache: MSDeformAttnCache) -> tuple[Arra
     shape_table, start_table = _tables(cache.spatial_shapes, value)
     if cache.impl == "numba":
         return ms_deform_attn_backward_numba(dout, value, shape_table, start_table, loc, attn)
-    from minidetr.kernels.ms_deform_cuda import ms_deform_attn_backward_cuda  # noqa: PLC0415
+    # imported on first use, as in the forward
+    from minidetr.kernels.ms_deform_cuda import ms_deform_attn_backward_cuda
 
     xp = namespace(value)
     dvalue = xp.zeros(value.shape, dtype=value.dtype, device=device(value))

@@ -192,10 +192,3 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 DEFAULT_PRESET = "deformable"
-
-
-def get_config(name: str) -> ModelConfig:
-    """The preset called ``name``; ``ValueError`` listing the presets otherwise."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[name]
