@@ -48,6 +48,10 @@ class ModelConfig:
     two_stage: bool = False  # initial boxes from the encoder's best proposals (DINO mixed queries)
     proposal_size: float = 0.05  # two-stage proposal side at the finest level, doubling per level
     denoising: bool = False  # a label embedding for DN-DETR's noised ground-truth queries
+    # Switches that reproduce the published architectures where minidetr's defaults differ:
+    learned_content: bool = True  # False: content queries start at zero (tgt = 0), as in DETR
+    share_heads: bool = True  # False: each decoder layer its own class and box head (Deformable
+    # DETR with box refinement); True: one pair for all layers (DETR, DINO)
 
     def __post_init__(self) -> None:
         for name in ("backbone_channels", "backbone_blocks"):  # lists, e.g. from JSON, to tuples

@@ -35,7 +35,7 @@ from minidetr.model.decoder_layer import (
     decoder_layer_backward,
     decoder_layer_forward,
 )
-from minidetr.model.heads import HeadsCache, heads_backward, heads_forward
+from minidetr.model.heads import HeadsCache, decoder_head_prefix, heads_backward, heads_forward
 from minidetr.model.memory import Memory
 from minidetr.model.params import accumulate_mlp, mlp_params
 from minidetr.model.sublayers import RunContext, sum_to
@@ -70,6 +70,7 @@ class DecoderStepCache(NamedTuple):
     pos_head: MlpCache | None
     layer: DecoderLayerCache
     heads: HeadsCache
+    head_prefix: str  # whose heads read this layer: "" (shared) or "decoder.layers.i."
 
 
 class DecoderCache(NamedTuple):
@@ -119,9 +120,10 @@ def decoder_forward(
             cfg=cfg,
             ctx=ctx,
         )  # (B, N, D)
-        logits, boxes, _, heads = heads_forward(params, h, ref_unsig)
+        prefix = decoder_head_prefix(cfg, i)
+        logits, boxes, _, heads = heads_forward(params, h, ref_unsig, prefix=prefix)
         outputs.append((logits, boxes))
-        steps.append(DecoderStepCache(ref_cache, sine, pos_head, layer, heads))
+        steps.append(DecoderStepCache(ref_cache, sine, pos_head, layer, heads, prefix))
         if ref_unsig is not None and cfg.box_refine and i + 1 < cfg.num_decoder_layers:
             # detached: no gradient flows back through the next layer's reference
             ref_unsig = inverse_sigmoid(boxes) if refined is None else refined[i]
@@ -138,7 +140,7 @@ def decoder_backward(
     for i in reversed(range(len(cache.steps))):
         step = cache.steps[i]
         dlogits, dboxes = doutputs[i]
-        dh_heads, du = heads_backward(dlogits, dboxes, step.heads, grads)
+        dh_heads, du = heads_backward(dlogits, dboxes, step.heads, grads, step.head_prefix)
         dh = _add(dh, dh_heads)
         dh, dqpos, dmem, dmem_pos, dref = decoder_layer_backward(
             dh, step.layer, cache.kind, grads, f"decoder.layers.{i}"

@@ -41,7 +41,7 @@ from minidetr.model.decoder import DecoderCache, Queries, decoder_backward, deco
 from minidetr.model.decoder_layer import init_decoder_layers
 from minidetr.model.deformable_transformer import DEFORMABLE
 from minidetr.model.encoder import encoder_backward, encoder_forward, init_encoder
-from minidetr.model.heads import init_heads
+from minidetr.model.heads import init_decoder_heads
 from minidetr.model.memory import Memory
 from minidetr.model.params import accumulate, check_params
 from minidetr.model.queries import init_queries
@@ -112,7 +112,7 @@ class MiniDETR:
         out.update(init_encoder(cfg, rng, self.kind))
         out.update(init_decoder_layers(cfg, rng, self.kind))
         out.update(init_queries(cfg, rng))
-        out.update(init_heads(cfg, rng))
+        out.update(init_decoder_heads(cfg, rng))
         if cfg.two_stage:
             out.update(init_two_stage(cfg, rng))
         return out
@@ -151,7 +151,7 @@ class MiniDETR:
                 f"images height and width must be positive multiples of the backbone stride {s}, "
                 f"got {h}x{w}; pad or resize them"
             )
-        dtype = params["query.content"].dtype
+        dtype = params["backbone.stages.0.conv.weight"].dtype
         if images.dtype != dtype:
             raise TypeError(f"images must have the parameters' dtype {dtype}, got {images.dtype}")
         namespace(images, *params.values())  # TypeError when array libraries mix
@@ -191,7 +191,10 @@ class MiniDETR:
 
         b, q, d = images.shape[0], cfg.num_queries, cfg.d_model
         outputs: dict = {}
-        tgt = xp.broadcast_to(params["query.content"][None, ...], (b, q, d))  # (B, Q, D)
+        if cfg.learned_content:
+            tgt = xp.broadcast_to(params["query.content"][None, ...], (b, q, d))  # (B, Q, D)
+        else:  # DETR: the decoder starts from zero, the positions say which query is which
+            tgt = xp.zeros((b, q, d), dtype=images.dtype, device=images.device)
         ref_unsig = query_pos = ts = None
         if cfg.two_stage:
             if memory.shape[1] < q:
@@ -276,7 +279,8 @@ class MiniDETR:
         if cache.label_embed is not None:
             (dtable,) = embedding_backward(dtgt[:, :qdn, :], cache.label_embed)
             accumulate(grads, "query.label_embed", dtable)
-        accumulate(grads, "query.content", xp.sum(dtgt[:, qdn:, :], axis=0))
+        if cfg.learned_content:
+            accumulate(grads, "query.content", xp.sum(dtgt[:, qdn:, :], axis=0))
         if cache.two_stage is not None:
             enc = output_grads.get("enc_outputs") or {}
             dmem = two_stage_backward(

@@ -23,6 +23,8 @@ from minidetr.model.params import add_mlp
 def init_queries(cfg: ModelConfig, rng: np.random.Generator) -> dict:
     """``query.*``: the Q content vectors (Q, D), and the queries' positions.
 
+    Without ``learned_content`` there are no content vectors: DETR's decoder
+    starts from tgt = 0 and only the positions are learned.
     DETR's queries get a learned positional embedding ``query.pos`` (Q, D); anchor
     queries get ``query.pos_head``, the MLP 2 D -> D -> D of their box's sine
     embedding, and (unless two-stage proposals supply them) learned anchors
@@ -32,7 +34,8 @@ def init_queries(cfg: ModelConfig, rng: np.random.Generator) -> dict:
     """
     out: dict = {}
     q, d = cfg.num_queries, cfg.d_model
-    out["query.content"] = rng.standard_normal((q, d))
+    if cfg.learned_content:
+        out["query.content"] = rng.standard_normal((q, d))
     if not cfg.anchor_queries:
         out["query.pos"] = rng.standard_normal((q, d))
     else:
