@@ -103,11 +103,11 @@ def test_captured_gradients_equal_finite_differences(preset, target, monkeypatch
     else:
         original = deformable_module.ms_deform_attn_forward
 
-        def patched(value, shapes, loc, attn, impl="auto"):
+        def patched(value, shapes, loc, attn, **options):
             if calls["n"] == index:
                 attn = attn + calls["eps"] * direction
             calls["n"] += 1
-            return original(value, shapes, loc, attn, impl=impl)
+            return original(value, shapes, loc, attn, **options)
 
         monkeypatch.setattr(deformable_module, "ms_deform_attn_forward", patched)
 
