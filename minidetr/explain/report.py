@@ -117,7 +117,7 @@ def _iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area - inter, 1e-12)
 
 
-def find_detections(outputs: dict, size: int, focal: bool, cfg: ExplainConfig) -> list[Detection]:
+def find_detections(outputs: Any, size: int, focal: bool, cfg: ExplainConfig) -> list[Detection]:
     """Every image's detections above the threshold, one per query (its best class)."""
     prob = _probabilities(to_numpy(outputs.pred_logits).astype(np.float64), focal)
     boxes = _xyxy(to_numpy(outputs.pred_boxes).astype(np.float64), size)
