@@ -167,3 +167,27 @@ def test_tokens_to_image_conserves_a_constant_map():
     np.testing.assert_allclose(img, img[0, 0, 0])
     with pytest.raises(ValueError, match="S = 22"):
         tokens_to_image(np.ones(5), SHAPES, 12)
+
+
+def test_methods_run_on_every_array_namespace(xp, rng):
+    """The same numbers from NumPy, array-api-strict and (with a GPU) CuPy inputs."""
+    from minidetr.backend import to_numpy
+    from minidetr.explain.rollout import attention_entropy, attention_rollout
+
+    maps = [softmax(rng.standard_normal((1, 2, 5, 5))) for _ in range(2)]
+    got = attention_rollout([xp.asarray(m) for m in maps], discard_ratio=0.4)
+    np.testing.assert_allclose(to_numpy(got), attention_rollout(maps, discard_ratio=0.4))
+    ent = attention_entropy(xp.asarray(maps[0]))
+    np.testing.assert_allclose(to_numpy(ent), attention_entropy(maps[0]), rtol=1e-12)
+    b, m, s, q = 1, 2, 5, 3
+    layers = (pair(rng, b, m, s, s), pair(rng, b, m, q, q), pair(rng, b, m, q, s))
+
+    def as_xp(p):
+        return MapAndGrad(xp.asarray(p.attention), xp.asarray(p.grad))
+
+    ref = encoder_decoder_relevance([layers[0]], [layers[1]], [layers[2]]).qs
+    out = encoder_decoder_relevance([as_xp(layers[0])], [as_xp(layers[1])], [as_xp(layers[2])])
+    np.testing.assert_allclose(to_numpy(out.qs), ref, rtol=1e-12)
+    value, loc, attn = deformable_inputs(rng, b=1, q=2)
+    w = deformable_attention_matrix(xp.asarray(loc), xp.asarray(attn), SHAPES)
+    np.testing.assert_allclose(to_numpy(w), deformable_attention_matrix(loc, attn, SHAPES))
