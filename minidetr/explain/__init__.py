@@ -4,7 +4,11 @@ Pure methods on given maps and gradients: :mod:`.rollout` (head fusion, rollout,
 entropy), :mod:`.relevance` (Chefer et al.'s encoder-decoder relevance),
 :mod:`.deformable` (deformable attention as a matrix, its gradient splat),
 :mod:`.faithfulness` (deletion and insertion curves), :mod:`.segmentation`
-(relevance maps as masks).
+(relevance maps as masks), :mod:`.regularize` (an entropy penalty).
+On a model: :mod:`.capture` (every map from the caches, dL/dA from the backward),
+:mod:`.heads` (entropy, gate gradients, ablation), :mod:`.methods` (one map per
+detection and method), :mod:`.report` (the measurements), :mod:`.figures`,
+:mod:`.command` (``minidetr explain``). Lesson 9.
 """
 
 from minidetr.explain.deformable import (
