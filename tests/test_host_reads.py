@@ -7,11 +7,14 @@ read of the device, and is counted here.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from minidetr.deformable import init_ms_deform_attn_params, ms_deform_attn_module_forward
 from minidetr.model import PRESETS, MiniDETR
+from minidetr.ops import cross_entropy_forward
 
 xps = pytest.importorskip("array_api_strict")
 READS = ("__bool__", "__int__", "__float__", "__index__", "__array__", "__buffer__")
@@ -34,8 +37,16 @@ def reads(monkeypatch):
     return seen
 
 
+CONFIGS = {
+    "detr": dataclasses.replace(PRESETS["tiny"], anchor_queries=False, box_refine=False,
+                                denoising=False),
+    "tiny": PRESETS["tiny"],
+    "tiny-deformable": PRESETS["tiny-deformable"],
+}  # fmt: skip
+
+
 def _model_inputs(name):
-    cfg = PRESETS[name]
+    cfg = CONFIGS[name]
     model = MiniDETR(cfg)
     like = xps.asarray(np.zeros(1, dtype=np.float64))
     params = model.init_params(0, like=like)
@@ -43,7 +54,7 @@ def _model_inputs(name):
     return cfg, model, params, images
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny-deformable"])
+@pytest.mark.parametrize("name", list(CONFIGS))
 def test_model_reads_the_device_once_per_deformable_attention(name, reads):
     cfg, model, params, images = _model_inputs(name)
     outputs, cache = model.forward(params, images, train=False)
@@ -64,4 +75,10 @@ def test_deformable_module_reads_the_device_once(reads):
     ms_deform_attn_module_forward(
         params, query, ref, memory, ((4, 4), (2, 2)), n_heads=2, n_levels=2, n_points=2
     )
+    assert reads == ["__bool__"]
+
+
+def test_cross_entropy_reads_the_device_once(reads):
+    logits = xps.asarray(np.random.default_rng(0).standard_normal((5, 4)))
+    cross_entropy_forward(logits, xps.asarray([0, 3, 1, 3, 2]), xps.asarray([1.0, 1, 1, 0.1]))
     assert reads == ["__bool__"]

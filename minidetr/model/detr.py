@@ -290,7 +290,7 @@ class MiniDETR:
         elif cfg.anchor_queries:
             accumulate(grads, "query.anchors", xp.sum(dref[:, qdn:, :], axis=0))
         else:
-            accumulate(grads, "query.pos", dqpos[0])
+            accumulate(grads, "query.pos", dqpos[0, ...])
         dsrc, dpos = encoder_backward(dmemory, cache.encoder, self.kind, grads)
         if dmemory_pos is not None:
             dpos = dmemory_pos if dpos is None else dpos + dmemory_pos
