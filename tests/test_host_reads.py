@@ -61,7 +61,10 @@ def test_model_reads_the_device_once_per_deformable_attention(name, reads):
     deformable_calls = cfg.num_encoder_layers + cfg.num_decoder_layers
     assert len(reads) == (deformable_calls if cfg.variant == "deformable" else 0)
     reads.clear()
-    dout = {k: xps.ones_like(v) for k, v in outputs.items() if k in ("pred_logits", "pred_boxes")}
+    dout = {
+        "pred_logits": xps.ones_like(outputs.pred_logits),
+        "pred_boxes": xps.ones_like(outputs.pred_boxes),
+    }
     model.backward(dout, cache)
     assert reads == []
 

@@ -9,9 +9,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from minidetr.denoising import make_denoising_queries
 from minidetr.gradcheck import numerical_gradient
 from minidetr.model import PRESETS, MiniDETR, parameter_counts
+from minidetr.setloss.denoising import make_denoising_queries
 
 DETR_LIKE = dataclasses.replace(
     PRESETS["tiny"], anchor_queries=False, box_refine=False, denoising=False, num_levels=1
@@ -62,7 +62,7 @@ def _run(cfg, params, seed=0):
             num_queries=cfg.num_queries, contrastive=True,
         )  # fmt: skip
     outputs, cache = model.forward(params, images, denoising=dn)
-    return model, images, dn, outputs, cache
+    return model, images, dn, outputs.to_dict(), cache
 
 
 def test_zero_content_queries_are_learned_ones_held_at_zero():
@@ -142,7 +142,7 @@ def test_gradient_matches_finite_differences(cfg):
             trial = dict(params)
             trial[key] = value
             out, _ = model.forward(trial, images, denoising=dn, detached=detached)
-            return _dot(out, dout)
+            return _dot(out.to_dict(), dout)
 
         return f
 
