@@ -12,6 +12,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from minidetr.boxes import generalized_box_iou_forward
 from minidetr.deformable import init_ms_deform_attn_params, ms_deform_attn_module_forward
 from minidetr.model import PRESETS, MiniDETR
 from minidetr.ops import cross_entropy_forward
@@ -84,4 +85,10 @@ def test_deformable_module_reads_the_device_once(reads):
 def test_cross_entropy_reads_the_device_once(reads):
     logits = xps.asarray(np.random.default_rng(0).standard_normal((5, 4)))
     cross_entropy_forward(logits, xps.asarray([0, 3, 1, 3, 2]), xps.asarray([1.0, 1, 1, 0.1]))
+    assert reads == ["__bool__"]
+
+
+def test_giou_reads_the_device_once(reads):
+    boxes = xps.asarray([[0.1, 0.1, 0.4, 0.5], [0.2, 0.3, 0.9, 0.6]])
+    generalized_box_iou_forward(boxes, boxes[:1, :])
     assert reads == ["__bool__"]
