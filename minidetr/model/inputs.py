@@ -2,8 +2,9 @@
 
 Images must be a float batch (B, 3, H, W) in the parameters' dtype and array
 library, with H and W multiples of the backbone stride; denoising queries must
-be made for this model's queries and batch. Each check names the argument and
-reads nothing from the device (shapes and dtypes only).
+be made for this model's queries and batch. Each check names the argument; only
+the images' finiteness reads the device (once per forward), the rest are shapes
+and dtypes.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from minidetr.backend import namespace
-from minidetr.checks import check_dim, check_floating, check_ndim
+from minidetr.checks import check_dim, check_finite, check_floating, check_ndim
 from minidetr.model.config import ModelConfig
 from minidetr.setloss.denoising import DenoisingQueries
 
@@ -32,6 +33,7 @@ def check_images(images: Any, params: dict, cfg: ModelConfig) -> None:
     if images.dtype != dtype:
         raise TypeError(f"images must have the parameters' dtype {dtype}, got {images.dtype}")
     namespace(images, *params.values())  # TypeError when array libraries mix
+    check_finite(images, "images")  # else NaN pixels surface layers later, under other names
 
 
 def check_denoising(dn: Any, cfg: ModelConfig, batch: int) -> None:
