@@ -121,7 +121,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     except CheckpointError as err:
         raise UserError(f"--resume: {err}") from err
     except OSError as err:  # the output folder filled up or went away mid-run
-        if err.filename is None or out.resolve() not in Path(err.filename).resolve().parents:
+        where = Path(err.filename).resolve() if err.filename is not None else None
+        if where is None or out.resolve() not in (where, *where.parents):
             raise
         raise UserError(f"cannot write {err.filename} ({err.strerror})") from err
     except TrainingError as err:
@@ -136,7 +137,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - t0
-    _write_report(run, out, seconds, args.device)
+    try:
+        _write_report(run, out, seconds, args.device)
+    except KeyboardInterrupt:
+        sys.stderr.write(
+            f"minidetr: interrupted while evaluating; the checkpoint {out / 'checkpoint.npz'} "
+            f"(step {run.step}) is saved: `minidetr eval` it\n"
+        )
+        return 130
     return 0
 
 

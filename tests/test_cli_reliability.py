@@ -236,3 +236,15 @@ def test_resuming_a_checkpoint_of_another_config_is_one_line(tmp_path, capsys):
     assert main(["train", "--resume", "--out", str(out), "--steps", "3", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "made with another training config" in err
+
+
+def test_an_interrupt_while_evaluating_names_the_saved_checkpoint(tmp_path, monkeypatch, capsys):
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Run, "evaluate", interrupted)
+    out = tmp_path / "run"
+    assert main([*TINY, "--steps", "2", "--quiet", "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert f"the checkpoint {out / 'checkpoint.npz'} (step 2) is saved" in err
+    assert load_checkpoint(out / "checkpoint.npz").meta["step"] == 2
