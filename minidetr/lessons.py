@@ -96,14 +96,15 @@ def save_animation(fig, draw_frame, n_frames: int, name: str, fps: int = 8, dpi:
 _IMAGE_MD = re.compile(r"!\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 _IMAGE_HTML = re.compile(r"<img\b[^>]*\bsrc\s*=\s*[\"']([^\"']+)[\"']", re.IGNORECASE)
 _FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
+_INLINE_CODE = re.compile(r"`[^`\n]*`")
 
 
 def image_links(markdown: str) -> list[str]:
     """The local images a Markdown page shows, as written (relative to the page), in order.
 
-    Covers ``![caption](path)`` and ``<img src="path">``; skips fenced code and web addresses.
+    Covers ``![caption](path)`` and ``<img src="path">``; skips code and web addresses.
     """
-    text = _FENCE.sub("", markdown)
+    text = _INLINE_CODE.sub("", _FENCE.sub("", markdown))
     found = sorted(
         [(m.start(), m.group(1)) for m in _IMAGE_MD.finditer(text)]
         + [(m.start(), m.group(1)) for m in _IMAGE_HTML.finditer(text)]

@@ -75,7 +75,7 @@ def test_notebook_and_page_list_the_same_exercises(page):
 
 def test_image_links_reads_markdown_and_html_and_skips_code_and_web():
     page = """![a plot](figures/01_a.png) and ![b]( <figures/01_b.png> "title")
-<img src="figures/01_c.gif" width=300> ![web](https://example.org/x.png)
+<img src="figures/01_c.gif" width=300> ![web](https://example.org/x.png) `![x](01_no.png)`
 ```
 ![in code](figures/01_not.png)
 ```
