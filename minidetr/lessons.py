@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from PIL import Image  # Pillow, which matplotlib installs
+
 FIGURES_ENV = "MINIDETR_FIGURES"  # the folder figures are written to; unset: write nothing
 _NAME = re.compile(r"^\d\d_[a-z0-9_]+$")
 _THREAD_VARIABLES = (
@@ -46,8 +48,6 @@ def _target(name: str, suffix: str) -> Path | None:
 
 def _palette(image):
     """An RGB(A) image as 256 colours: a third of the bytes, no visible change for plots."""
-    from PIL import Image
-
     return image.convert("RGB").quantize(256, Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
 
 
@@ -58,8 +58,6 @@ def save_figure(fig, name: str, dpi: int = 80) -> Path | None:
     dpi: 80 draws a figure of 10 x 4 inches as about 800 x 320 pixels, well under 100 KB.
     Returns the path written, or None when figures are not being saved.
     """
-    from PIL import Image
-
     path = _target(name, ".png")
     if path is not None:
         buffer = io.BytesIO()
@@ -75,8 +73,6 @@ def save_animation(fig, draw_frame, n_frames: int, name: str, fps: int = 8, dpi:
     last frame is held for a second). Returns the path written, or None (nothing drawn) when
     figures are not being saved.
     """
-    from PIL import Image
-
     if not isinstance(n_frames, int) or n_frames < 1:
         raise ValueError(f"n_frames must be a positive int, got {n_frames!r}")
     path = _target(name, ".gif")
@@ -124,7 +120,7 @@ def missing_images(pages: list[Path]) -> list[str]:
 
 def run_notebooks(notebooks: list[Path], out: Path, timeout: int = 600) -> list[str]:
     """Execute each notebook with figures written to ``out``; return the failures' messages."""
-    import nbformat
+    import nbformat  # optional: the notebooks extra installs nbclient
     from nbclient import NotebookClient
 
     os.environ[FIGURES_ENV] = str(out.resolve())
