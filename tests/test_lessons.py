@@ -69,8 +69,9 @@ def test_notebook_and_page_list_the_same_exercises(page):
     if not notebook.exists():
         pytest.skip(f"{page.name} has no notebook")
     listed = _exercises(page.read_text())
-    assert listed, f"{page.name} lists no exercises"
-    assert listed == _exercises(_notebook_markdown(notebook))
+    hint = "page and notebook end with the same numbered '## Exercises' list (any line wrapping)"
+    assert listed, f"{page.name} lists no exercises: {hint}"
+    assert listed == _exercises(_notebook_markdown(notebook)), hint
 
 
 def test_image_links_reads_markdown_and_html_and_skips_code_and_web():
