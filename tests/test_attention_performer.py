@@ -30,7 +30,7 @@ def _qkv(seed, lq, lk, d=4, dv=3, norm=1.0):
 
 
 def _features(x, w, kind):
-    """The paper's features, written out: positive exp(Wx - |x|^2/2), trig exp(|x|^2/2)[cos, sin]."""
+    """The paper's features: positive exp(Wx - |x|^2/2), trig exp(|x|^2/2) [cos, sin]."""
     m = w.shape[0]
     u = x @ w.T
     sq = (x**2).sum(-1, keepdims=True) / 2
@@ -80,7 +80,7 @@ def test_stabilisation_survives_norms_that_overflow_the_plain_formula():
 
 @pytest.mark.parametrize("kind", ["positive", "trig"])
 def test_features_are_unbiased_estimates_of_the_softmax_kernel(kind):
-    """mean over independent projections of phi(x) . phi(y) -> exp(x . y), within 4 standard errors."""
+    """Mean over projections of phi(x) . phi(y) -> exp(x . y), within 4 standard errors."""
     r = np.random.default_rng(7)
     x, y = 0.5 * r.standard_normal((1, 4)), 0.5 * r.standard_normal((1, 4))
     samples = []

@@ -23,6 +23,8 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import numpy as np
+
 from minidetr.attention.gathered import (
     GatheredCache,
     gathered_attention_backward,
@@ -53,7 +55,7 @@ def unpool_cells(dpooled: Array, grid: tuple[int, int], cell: int) -> Array:
 
 def cell_tokens(grid: tuple[int, int], cell: int, *, like: Array | None = None) -> Array:
     """(C, c^2) the row-major token indices of each cell."""
-    xp = namespace(like)
+    xp = namespace(np.empty(0) if like is None else like)  # NumPy by default
     dev = None if like is None else device(like)
     h, w = grid
     cy = xp.arange(h // cell, device=dev)[:, None, None, None]

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
+
 from minidetr.attention.dense import (
     AttentionCache,
     scaled_dot_product_attention_backward,
@@ -32,7 +34,7 @@ def _grid(lq: int, lk: int, like: Array | None) -> tuple[Array, Array]:
     """(i, j) index grids of shape (Lq, 1) and (1, Lk) in the namespace of ``like``."""
     _positive(lq, "Lq")
     _positive(lk, "Lk")
-    xp = namespace(like)
+    xp = namespace(np.empty(0) if like is None else like)  # NumPy by default
     dev = None if like is None else device(like)
     i = xp.arange(lq, device=dev)[:, None]  # (Lq, 1)
     j = xp.arange(lk, device=dev)[None, :]  # (1, Lk)

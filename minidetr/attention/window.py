@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
+
 from minidetr.attention.gathered import (
     GatheredCache,
     gathered_attention_backward,
@@ -34,7 +36,7 @@ def window_neighbours(
     _positive(lq, "Lq")
     _positive(lk, "Lk")
     _positive(window, "window", 0)
-    xp = namespace(like)
+    xp = namespace(np.empty(0) if like is None else like)  # NumPy by default
     dev = None if like is None else device(like)
     offsets = xp.arange(-window, window + 1, device=dev)  # (2w + 1,)
     if grid is None:

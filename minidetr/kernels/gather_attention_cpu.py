@@ -6,8 +6,8 @@ reference branch of the backward) on NumPy float32/float64 arrays, with the same
 conventions: -1 marks an empty slot, which gets weight 0, and a query with no listed
 key outputs 0. The array code gathers (G, Lq, K, d) copies of the keys and values;
 these loops read each listed key in place and keep only the (G, Lq, K) weights.
-The forward spreads (g, i) pairs over threads; the backward spreads g, since keys
-collect gradients from many queries of the same g.
+Large problems spread (g, i) pairs over threads in the forward and g in the
+backward (keys collect gradients from many queries of the same g).
 
 Dimension letters: G leading dimensions flattened, Lq queries, Lk keys, K table
 width, d head width, dv value width.
@@ -18,8 +18,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+# Below this much work (listed pairs x width) thread start-up costs more than the loops.
+PARALLEL_MIN_WORK = 1 << 16
 
-@njit(cache=True, parallel=True, error_model="numpy")
+
 def _forward(q, k, v, index, bias, scale, out, p):  # pragma: no cover - compiled
     g_count, lq = q.shape[0], q.shape[1]
     kw, d, dv = index.shape[2], q.shape[2], v.shape[2]
@@ -59,7 +61,6 @@ def _forward(q, k, v, index, bias, scale, out, p):  # pragma: no cover - compile
                     out[g, i, c] += w * v[g, j, c]
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
 def _backward(dout, q, k, v, index, p, scale, dq, dk, dv):  # pragma: no cover - compiled
     g_count, lq = q.shape[0], q.shape[1]
     kw, d, dvw = index.shape[2], q.shape[2], v.shape[2]
@@ -90,6 +91,16 @@ def _backward(dout, q, k, v, index, p, scale, dq, dk, dv):  # pragma: no cover -
                     dv[g, j, c] += w * dout[g, i, c]
 
 
+_forward_serial = njit(cache=True, error_model="numpy")(_forward)
+_forward_parallel = njit(cache=True, parallel=True, error_model="numpy")(_forward)
+_backward_serial = njit(cache=True, error_model="numpy")(_backward)
+_backward_parallel = njit(cache=True, parallel=True, error_model="numpy")(_backward)
+
+
+def _parallel(q, index) -> bool:
+    return q.shape[0] * q.shape[1] * index.shape[2] * q.shape[2] >= PARALLEL_MIN_WORK
+
+
 def forward(q, k, v, index, bias, scale):
     """(out (G, Lq, dv), p (G, Lq, K)) for q (G, Lq, d), k (G, Lk, d), v (G, Lk, dv)."""
     q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
@@ -99,7 +110,8 @@ def forward(q, k, v, index, bias, scale):
     bias = np.ascontiguousarray(bias, dtype=q.dtype)
     out = np.empty((q.shape[0], q.shape[1], v.shape[2]), dtype=q.dtype)
     p = np.empty((q.shape[0], q.shape[1], index.shape[2]), dtype=q.dtype)
-    _forward(q, k, v, index, bias, q.dtype.type(scale), out, p)
+    run = _forward_parallel if _parallel(q, index) else _forward_serial
+    run(q, k, v, index, bias, q.dtype.type(scale), out, p)
     return out, p
 
 
@@ -108,5 +120,6 @@ def backward(dout, q, k, v, index, p, scale):
     dout = np.ascontiguousarray(dout, dtype=q.dtype)
     index = np.ascontiguousarray(index, dtype=np.int64)
     dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
-    _backward(dout, q, k, v, index, np.ascontiguousarray(p), q.dtype.type(scale), dq, dk, dv)
+    run = _backward_parallel if _parallel(q, index) else _backward_serial
+    run(dout, q, k, v, index, np.ascontiguousarray(p), q.dtype.type(scale), dq, dk, dv)
     return dq, dk, dv
