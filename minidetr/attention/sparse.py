@@ -102,9 +102,15 @@ def topk_mask(scores: Array, top_k: int) -> Array:
     every row keeps exactly min(top_k, Lk) keys.
     """
     xp = namespace(scores)
-    order = xp.argsort(scores, axis=-1, descending=True, stable=True)  # (..., Lq, Lk)
-    rank = xp.argsort(order, axis=-1, stable=True)  # rank of key j in row i
-    return rank < top_k
+    if top_k >= scores.shape[-1]:
+        return xp.ones(scores.shape, dtype=xp.bool, device=device(scores))
+    ordered = xp.sort(scores, axis=-1, descending=True)  # (..., Lq, Lk)
+    threshold = ordered[..., top_k - 1 : top_k]  # (..., Lq, 1) the top_k-th largest score
+    above = scores > threshold
+    tied = scores == threshold
+    room = top_k - xp.sum(xp.astype(above, xp.int64), axis=-1, keepdims=True)  # (..., Lq, 1)
+    first_ties = xp.cumulative_sum(xp.astype(tied, xp.int64), axis=-1) <= room
+    return above | (tied & first_ties)
 
 
 def topk_attention_forward(
