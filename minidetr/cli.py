@@ -92,6 +92,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "seed": args.seed,
         "lr": args.lr,
+        "encoder_attention": args.encoder_attention,
     }
     cfg = replace(TrainConfig(), **{k: v for k, v in overrides.items() if v is not None})
     out = Path(args.out) if args.out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -132,7 +133,7 @@ def _train_config_of(path: Path, cfg: Any, args: argparse.Namespace) -> Any:
     resumed = TrainConfig(
         **{k: (tuple(v) if isinstance(v, list) else v) for k, v in saved.items() if k in known}
     )
-    for name in ("preset", "dataset", "batch_size", "seed", "lr"):
+    for name in ("preset", "dataset", "batch_size", "seed", "lr", "encoder_attention"):
         given = getattr(args, name, None)
         if given is not None and given != getattr(resumed, name):
             flag, saved_value = name.replace("_", "-"), getattr(resumed, name)
@@ -270,6 +271,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from minidetr.data import DATASETS
     from minidetr.model import PRESETS
+    from minidetr.model.config import ENCODER_ATTENTIONS
 
     parser = argparse.ArgumentParser(prog="minidetr", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -285,6 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", parents=[common], help="train a tiny DETR on built-in data")
     t.add_argument("--preset", choices=sorted(PRESETS), help="model preset (default: deformable)")
     t.add_argument("--dataset", choices=sorted(DATASETS), help="built-in dataset (default: shapes)")
+    t.add_argument(
+        "--encoder-attention",
+        choices=ENCODER_ATTENTIONS,
+        help="the standard preset's encoder self-attention (default: softmax)",
+    )
     t.add_argument("--steps", type=int, help="optimizer steps")
     t.add_argument("--batch-size", type=int, help="images per step")
     t.add_argument("--lr", type=float, help="peak learning rate")

@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 VARIANTS = ("standard", "deformable")
+ENCODER_ATTENTIONS = (
+    "softmax", "linear", "performer", "topk", "window", "linformer", "hierarchical"
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,8 @@ class ModelConfig:
     two_stage: bool = False  # initial boxes from the encoder's best proposals (DINO mixed queries)
     proposal_size: float = 0.05  # two-stage proposal side at the finest level, doubling per level
     denoising: bool = False  # a label embedding for DN-DETR's noised ground-truth queries
+    # the standard encoder's self-attention core (minidetr.attention.multihead), one feature map
+    encoder_attention: str = "softmax"
 
     def __post_init__(self) -> None:
         for name in ("backbone_channels", "backbone_blocks"):  # lists, e.g. from JSON, to tuples
@@ -98,6 +103,18 @@ class ModelConfig:
             raise ValueError(f"{', '.join(needs_anchor)} needs anchor_queries=True")
         if self.image_size % self.stride:
             raise ValueError(f"image_size must be a multiple of the stride {self.stride}")
+        if self.encoder_attention not in ENCODER_ATTENTIONS:
+            raise ValueError(
+                f"encoder_attention must be one of {ENCODER_ATTENTIONS}, "
+                f"got {self.encoder_attention!r}"
+            )
+        if self.encoder_attention != "softmax" and (
+            self.variant != "standard" or self.num_levels != 1
+        ):
+            raise ValueError(
+                f"encoder_attention {self.encoder_attention!r} needs variant='standard' "
+                "with num_levels=1 (one token grid)"
+            )
 
     @property
     def stride(self) -> int:

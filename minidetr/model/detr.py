@@ -72,11 +72,16 @@ from minidetr.setloss.denoising import DenoisingQueries
 
 
 def attention_kind(cfg: ModelConfig) -> AttentionKind:
-    """Dense attention for DETR, multi-scale deformable attention for Deformable DETR."""
+    """Dense attention for DETR (its encoder core set by ``encoder_attention``), multi-scale
+    deformable attention for Deformable DETR."""
     if cfg.variant == "deformable":
         from minidetr.model.deformable_transformer import DEFORMABLE  # noqa: PLC0415
 
         return DEFORMABLE
+    if cfg.encoder_attention != "softmax":
+        from minidetr.model.efficient_encoder import EFFICIENT_ENCODER  # noqa: PLC0415
+
+        return EFFICIENT_ENCODER
     return STANDARD
 
 

@@ -47,6 +47,7 @@ class TrainConfig:
     """Everything that decides a training run besides the model's shape."""
 
     preset: str = "deformable"
+    encoder_attention: str = "softmax"  # the standard preset's encoder core (ModelConfig)
     dataset: str = "shapes"
     steps: int = 1500
     batch_size: int = 16
@@ -72,10 +73,11 @@ class TrainConfig:
     dn_contrastive: bool = True
 
 
-def make_model(preset: str, num_classes: int) -> MiniDETR:
+def make_model(preset: str, num_classes: int, encoder_attention: str = "softmax") -> MiniDETR:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    return MiniDETR(replace(PRESETS[preset], num_classes=num_classes))
+    config = replace(PRESETS[preset], num_classes=num_classes, encoder_attention=encoder_attention)
+    return MiniDETR(config)
 
 
 def dataset_class(name: str) -> type:
@@ -125,7 +127,8 @@ class Run:
     def __init__(self, cfg: TrainConfig, like: Array) -> None:
         self.cfg = cfg
         self.like = like
-        self.model = make_model(cfg.preset, len(dataset_class(cfg.dataset).classes))
+        num_classes = len(dataset_class(cfg.dataset).classes)
+        self.model = make_model(cfg.preset, num_classes, cfg.encoder_attention)
         self.train_set, self.val_set = make_datasets(cfg, self.model.config.image_size)
         self.criterion = make_criterion(cfg, self.model.config)
         self.params = self.model.init_params(seed=cfg.seed, like=like)
