@@ -82,7 +82,7 @@ def train_and_evaluate(kind: str, args: argparse.Namespace, maps: Path | None) -
 
 def attention_statistics(run: Run) -> dict:
     """Top-k mass and normalised singular values of the encoder's attention maps."""
-    images, _ = collate([run.val_set[i] for i in range(64)], like=run.like)
+    images, _ = collate([run.val_set[i] for i in range(min(64, len(run.val_set)))], like=run.like)
     _, cache = run.model.forward(run.params, images, train=False)
     stats = {}
     for i, layer in enumerate(cache.encoder):
