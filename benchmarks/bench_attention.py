@@ -1,6 +1,6 @@
 """Efficient attention measured: Performer's approximation error, and time and memory against N.
 
-Run:  python benchmarks/bench_attention.py [--repeat 3] [--threads 1] [--out benchmarks/results]
+Run:  python benchmarks/bench_attention.py [--repeat 5] [--threads 1] [--out benchmarks/results]
                                            [--sizes 256 512 1024 2048 4096] [--quick]
 
 Part 1, approximation. Relative error ||out - exact|| / ||exact|| of Performer attention
@@ -235,7 +235,7 @@ def plot_cost(table: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
