@@ -8,6 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from minidetr.attention import (
+    gathered_attention_backward,
+    gathered_attention_forward,
     grid_local_mask,
     local_mask,
     scaled_dot_product_attention_backward,
@@ -183,3 +185,16 @@ def test_window_neighbours_table():
     assert table.shape == (4, 9) and sorted(t for t in table[0] if t >= 0) == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="grid"):
         window_neighbours(5, 5, 1, grid=(2, 2))
+
+
+def test_gathered_attention_checks_its_table_and_empty_rows_output_zero(xp):
+    q, k, v = (xp.asarray(a) for a in _qkv(5, 3, 4))
+    table = xp.asarray(np.array([[0, 1], [-1, -1], [3, -1]]))
+    out, cache = gathered_attention_forward(q, k, v, table)
+    assert np.all(to_numpy(out)[:, 1] == 0.0)
+    grads = gathered_attention_backward(xp.ones_like(out), cache)
+    assert all(np.all(np.isfinite(to_numpy(g))) for g in grads)
+    with pytest.raises(ValueError, match="index entries must lie in"):
+        gathered_attention_forward(q, k, v, xp.asarray(np.array([[0, 4], [0, 1], [0, 1]])))
+    with pytest.raises(TypeError, match="index must have an integer dtype"):
+        gathered_attention_forward(q, k, v, xp.asarray(np.zeros((3, 2))))
