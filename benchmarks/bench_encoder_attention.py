@@ -8,7 +8,9 @@ Every run trains the ``standard`` preset (plain DETR, 16 encoder tokens on a 4 x
 ``TrainConfig``'s defaults, the same data, seed and schedule; only
 ``ModelConfig.encoder_attention`` changes (the settings of each core are
 ``minidetr.attention.multihead.CoreSettings``'s). Each run is its own process with one BLAS and
-one Numba thread, ``--jobs`` at a time; ms/step is the median step after the first.
+one Numba thread, ``--jobs`` at a time; ms/step is the median step after the first, and
+depends on what else the machine ran at the time. One encoder attention layer at the preset's
+shape is then timed with the kinds interleaved (best of 20), which compares the kinds fairly.
 
 After training, the softmax run's encoder attention maps on 64 held-out images are measured:
 the share of each query's attention mass in its top 1, 2, 4, 8 keys (what top-k keeps) and the
@@ -40,7 +42,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from minidetr.attention.multihead import KINDS  # noqa: E402
+from minidetr.attention.multihead import (  # noqa: E402
+    KINDS,
+    efficient_multi_head_attention_backward,
+    efficient_multi_head_attention_forward,
+)
 from minidetr.data import collate  # noqa: E402
 from minidetr.train.loop import Run, TrainConfig, TrainingError  # noqa: E402
 
@@ -95,6 +101,35 @@ def attention_statistics(run: Run) -> dict:
     return stats
 
 
+def layer_times(kinds, repeat: int = 20) -> dict[str, float]:
+    """Best forward + backward ms of one encoder self-attention layer at the standard preset's
+    shape (B = 16, S = 16 on a 4 x 4 grid, D = 128, M = 8, float32), kinds interleaved."""
+    rng = np.random.default_rng(0)
+    b, s, d = 16, 16, 128
+    x = rng.standard_normal((b, s, d)).astype(np.float32)
+    pos = rng.standard_normal((1, s, d)).astype(np.float32)
+    w = [(rng.standard_normal(shape) / np.sqrt(d)).astype(np.float32)
+         for shape in ((3 * d, d), (3 * d,), (d, d), (d,))]  # fmt: skip
+    e, f = (rng.standard_normal((8, s)).astype(np.float32) / 4 for _ in range(2))
+
+    def step(kind):
+        out, cache = efficient_multi_head_attention_forward(
+            x, x, x, *w, num_heads=8, kind=kind, query_pos=pos, key_pos=pos, grid=(4, 4),
+            E=e, F=f,
+        )  # fmt: skip
+        efficient_multi_head_attention_backward(np.ones_like(out), cache)
+
+    best = {k: np.inf for k in kinds}
+    for k in kinds:
+        step(k)  # warm up (Numba)
+    for _ in range(repeat):
+        for k in kinds:
+            t = time.perf_counter()
+            step(k)
+            best[k] = min(best[k], time.perf_counter() - t)
+    return {k: 1000 * v for k, v in best.items()}
+
+
 def run_all(args: argparse.Namespace, work: Path) -> list[dict]:
     flags = ["--steps", str(args.steps), "--batch-size", str(args.batch_size)]
     flags += ["--eval-every", str(args.eval_every), "--val-images", str(args.val_images)]
@@ -120,7 +155,9 @@ def run_all(args: argparse.Namespace, work: Path) -> list[dict]:
     return sorted(records, key=lambda r: order[r["kind"]])
 
 
-def report(records: list[dict], args: argparse.Namespace, load: tuple[float, float]) -> str:
+def report(
+    records: list[dict], args: argparse.Namespace, load: tuple[float, float], layer: dict
+) -> str:
     steps = sorted({e["step"] for r in records for e in r["evals"]})
     lines = [
         "# Encoder attention at equal steps",
@@ -129,8 +166,10 @@ def report(records: list[dict], args: argparse.Namespace, load: tuple[float, flo
         f"shapes images; one thread per run, {args.jobs} runs at a time; load average "
         f"{load[0]:.1f} at the start, {load[1]:.1f} at the end (a shared machine).",
         "",
-        "| encoder attention | " + " | ".join(f"step {s}" for s in steps) + " | ms/step |",
-        "|---|" + "---:|" * (len(steps) + 1),
+        "| encoder attention | "
+        + " | ".join(f"step {s}" for s in steps)
+        + " | ms/step (load-dependent) | one encoder attention layer, fwd + bwd (ms) |",
+        "|---|" + "---:|" * (len(steps) + 2),
     ]
     for r in records:
         by_step = {e["step"]: e for e in r["evals"]}
@@ -140,7 +179,11 @@ def report(records: list[dict], args: argparse.Namespace, load: tuple[float, flo
         ]
         ms = 1000 * float(np.median(r["step_seconds"][1:] or r["step_seconds"] or [np.nan]))
         note = " (diverged)" if r["diverged"] else ""
-        lines.append(f"| {r['kind']}{note} | " + " | ".join(cells) + f" | {ms:.0f} |")
+        lines.append(
+            f"| {r['kind']}{note} | "
+            + " | ".join(cells)
+            + f" | {ms:.0f} | {layer.get(r['kind'], float('nan')):.2f} |"
+        )
     for r in records:
         for layer, s in r.get("maps", {}).items():
             top = ", ".join(f"top {k}: {v:.2f}" for k, v in s["top_mass"].items())
@@ -187,6 +230,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--quick", action="store_true", help="20 steps, for a smoke run")
+    parser.add_argument(
+        "--report-only", action="store_true", help="redo the layer timing and the report only"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -201,11 +247,18 @@ def main() -> None:
     out = args.out or RESULTS
     out.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory() as work:
-        records = run_all(args, Path(work))
-    load = (load, os.getloadavg()[0])
-    (out / "encoder_attention.json").write_text(json.dumps(records, indent=1))
-    text = report(records, args, load)
+    if args.report_only:
+        saved = json.loads((out / "encoder_attention.json").read_text())
+        records, load = saved["runs"], tuple(saved["load"])
+    else:
+        with tempfile.TemporaryDirectory() as work:
+            records = run_all(args, Path(work))
+        load = (load, os.getloadavg()[0])
+    (out / "encoder_attention.json").write_text(
+        json.dumps({"runs": records, "load": load}, indent=1)
+    )
+    layer = layer_times([r["kind"] for r in records])
+    text = report(records, args, load, layer)
     (out / "encoder_attention.md").write_text(text)
     plot(records, out / "encoder_attention.png")
     print(text)
