@@ -3,8 +3,8 @@
 self-attention  MHA_core(q = k = x + pos, v = x), core one of linear, performer, topk, window,
 linformer, hierarchical (``minidetr.attention.multihead``); the decoder keeps dense attention.
 Same parameters as dense attention, plus Linformer's E and F (r, S) per layer. The token grid
-(H, W) comes from the layout (one feature map). Performer's projection is drawn once per layer
-from a seed derived from the layer's name, so it is fixed across steps and runs.
+(H, W) comes from the layout (one feature map). Performer's projection is drawn on every call
+from a seed derived from the layer's name, so one projection serves every step and run.
 
 Shapes: B batch, S tokens (H W), D width, r Linformer length.
 """
@@ -23,8 +23,8 @@ from minidetr.attention.multihead import (
     efficient_multi_head_attention_forward,
 )
 from minidetr.backend import Array
+from minidetr.model.attention_kind import STANDARD, AttentionKind, init_attention
 from minidetr.model.params import accumulate, xavier_uniform
-from minidetr.model.transformer import STANDARD, AttentionKind, init_attention
 
 
 def init_efficient_self_attention(out: dict, name: str, cfg: Any, rng: np.random.Generator):
