@@ -89,6 +89,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_train_config(self)
+        if self.encoder_attention != "softmax" and self.preset in PRESETS:
+            # the model config says whether this preset can take that encoder attention
+            replace(PRESETS[self.preset], encoder_attention=self.encoder_attention)
 
 
 def make_model(preset: str, num_classes: int, encoder_attention: str = "softmax") -> MiniDETR:
