@@ -94,6 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "seed": args.seed,
         "lr": args.lr,
+        "encoder_attention": args.encoder_attention,
         "checkpoint_every": args.checkpoint_every,
     }
     try:
@@ -163,7 +164,7 @@ def _train_config_of(path: Path, cfg: Any, args: argparse.Namespace) -> Any:
         step = int(meta["step"])
     except (ValueError, TypeError, KeyError) as err:
         raise UserError(f"--resume: cannot use {path}: {err}") from err
-    for name in ("preset", "dataset", "batch_size", "seed", "lr"):
+    for name in ("preset", "dataset", "batch_size", "seed", "lr", "encoder_attention"):
         given = getattr(args, name, None)
         if given is not None and given != getattr(resumed, name):
             flag, saved_value = name.replace("_", "-"), getattr(resumed, name)
@@ -285,6 +286,7 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
 def add_train_parser(sub: Any) -> None:
     from minidetr.data import DATASETS
     from minidetr.model import PRESETS
+    from minidetr.model.config import ENCODER_ATTENTIONS
     from minidetr.train.loop import TrainConfig
 
     d = TrainConfig()
@@ -294,6 +296,11 @@ def add_train_parser(sub: Any) -> None:
     t.add_argument("--preset", choices=sorted(PRESETS), help=f"model preset (default {d.preset})")
     t.add_argument(
         "--dataset", choices=sorted(DATASETS), help=f"built-in dataset (default {d.dataset})"
+    )
+    t.add_argument(
+        "--encoder-attention",
+        choices=ENCODER_ATTENTIONS,
+        help="the standard preset's encoder self-attention (default softmax)",
     )
     t.add_argument("--steps", type=positive_int, help=f"optimizer steps (default {d.steps})")
     t.add_argument(

@@ -39,6 +39,7 @@ from minidetr.model.config import ModelConfig
 from minidetr.model.decoder import DecoderCache, Queries, decoder_backward, decoder_forward
 from minidetr.model.decoder_layer import init_decoder_layers
 from minidetr.model.deformable_transformer import DEFORMABLE
+from minidetr.model.efficient_encoder import EFFICIENT_ENCODER
 from minidetr.model.encoder import encoder_backward, encoder_forward, init_encoder
 from minidetr.model.heads import init_decoder_heads
 from minidetr.model.inputs import check_denoising, check_images
@@ -66,8 +67,11 @@ from minidetr.setloss.denoising import DenoisingQueries
 
 
 def attention_kind(cfg: ModelConfig) -> AttentionKind:
-    """Dense attention for DETR, multi-scale deformable attention for Deformable DETR."""
-    return DEFORMABLE if cfg.variant == "deformable" else STANDARD
+    """Dense attention for DETR (its encoder core set by ``encoder_attention``), multi-scale
+    deformable attention for Deformable DETR."""
+    if cfg.variant == "deformable":
+        return DEFORMABLE
+    return STANDARD if cfg.encoder_attention == "softmax" else EFFICIENT_ENCODER
 
 
 class MiniDETRCache(NamedTuple):
