@@ -173,3 +173,38 @@ def save_decoder_attention(
         for spine in ax.spines.values():
             spine.set_edgecolor(colour)
     _save(fig, path)
+
+
+PAGE_FIGURES = {  # picture of `minidetr explain` -> (lesson 9 figure, width in pixels)
+    "decoder_attention.png": ("09_decoder_attention.png", 1100),
+    "relevance.png": ("09_relevance.png", 600),
+    "attention_layers_heads.png": ("09_attention_layers_heads.png", 640),
+    "sampling_points.png": ("09_sampling_points.png", 1000),
+    "entropy.png": ("09_entropy.png", 528),
+    "head_importance.png": ("09_head_importance.png", 528),
+}
+
+
+def page_figures(explain_dir: str | Path, figures_dir: str | Path) -> list[Path]:
+    """Lesson 9's figures from a ``minidetr explain`` folder: resized and reduced to 96 colours,
+    so that each stays under the lessons' 150 kB a picture."""
+    from PIL import Image
+
+    written = []
+    for name, (target, width) in PAGE_FIGURES.items():
+        image = Image.open(Path(explain_dir) / name).convert("RGB")
+        w, h = image.size
+        if w > width:
+            image = image.resize((width, round(h * width / w)), Image.LANCZOS)
+        small = image.quantize(colors=96, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+        path = Path(figures_dir) / target
+        small.save(path, "PNG", optimize=True)
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":  # python -m minidetr.explain.figures EXPLAIN_DIR tutorial/figures
+    import sys
+
+    for p in page_figures(sys.argv[1], sys.argv[2]):
+        print(p, p.stat().st_size)
