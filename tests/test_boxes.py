@@ -12,9 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from minidetr import boxes as B
+from minidetr.backend import to_numpy
 from minidetr.boxes import checks as BC
 from minidetr.boxes import giou as BG
-from minidetr.backend import to_numpy
 from minidetr.gradcheck import gradcheck
 from minidetr.kernels import giou_cpu
 
