@@ -15,6 +15,7 @@ subcommand is one ``cmd_*`` function and one ``add_*_parser`` function.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -79,6 +80,7 @@ def _checkpoint_words(checkpoint: Any) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from minidetr.train.checkpoint import CheckpointError
     from minidetr.train.loop import Interrupted, TrainConfig, TrainingError, train
     from minidetr.train.progress import ProgressBar
 
@@ -99,6 +101,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = replace(TrainConfig(), **{k: v for k, v in overrides.items() if v is not None})
     except (ValueError, TypeError) as err:  # the parser checks first; this is the backstop
         raise UserError(str(err)) from err
+    if cfg.dataset == "digits" and importlib.util.find_spec("sklearn") is None:
+        raise UserError("--dataset digits needs scikit-learn: pip install 'minidetr[data]'")
     _prepare_out_dir(out, args.resume, args.force)
     if args.resume:
         cfg = _train_config_of(out / "checkpoint.npz", cfg, args)
@@ -115,10 +119,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         hint = f"; resume with --resume --out {out}" if err.checkpoint else ""
         sys.stderr.write(f"minidetr: interrupted; {where}{hint}\n")
         return 130
+    except CheckpointError as err:
+        raise UserError(f"--resume: {err}") from err
+    except OSError as err:  # the output folder filled up or went away mid-run
+        where = Path(err.filename).resolve() if err.filename is not None else None
+        if where is None or out.resolve() not in (where, *where.parents):
+            raise
+        raise UserError(f"cannot write {err.filename} ({err.strerror})") from err
     except TrainingError as err:
         hint = ""
         if "learning rate" in err.cause:
-            hint = " (start a new run with a smaller --lr)"
+            hint = "; start a new run with a smaller --lr"
         raise UserError(
             f"training stopped at step {err.step}: {err.what}; likely cause: {err.cause}{hint}; "
             f"{_checkpoint_words(err.checkpoint)}"
@@ -127,7 +138,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - t0
-    _write_report(run, out, seconds, args.device)
+    try:
+        _write_report(run, out, seconds, args.device)
+    except KeyboardInterrupt:
+        sys.stderr.write(
+            f"minidetr: interrupted while evaluating; the checkpoint {out / 'checkpoint.npz'} "
+            f"(step {run.step}) is saved: `minidetr eval` it\n"
+        )
+        return 130
     return 0
 
 

@@ -25,7 +25,12 @@ from minidetr.model import PRESETS, MiniDETR, ModelConfig
 from minidetr.setloss import LossWeights, SetCriterion, check_targets
 from minidetr.setloss.denoising import make_denoising_queries
 from minidetr.setloss.matching import HungarianMatcher
-from minidetr.train.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
+from minidetr.train.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 from minidetr.train.config_checks import check_train_config
 from minidetr.train.divergence import (
     SavedCheckpoint,
@@ -273,8 +278,13 @@ class Run:
         mine = {k: v for k, v in json.loads(json.dumps(asdict(self.cfg))).items() if k not in free}
         if saved != mine:
             diff = sorted(k for k in mine if saved.get(k) != mine[k])
-            raise ValueError(f"checkpoint {path} was made with another training config ({diff})")
-        self.model.check_params(ck.params)
+            raise CheckpointError(
+                f"checkpoint {path} was made with another training config ({diff})"
+            )
+        try:
+            self.model.check_params(ck.params)
+        except ValueError as err:
+            raise CheckpointError(f"checkpoint {path} does not fit the model: {err}") from err
         self.params, self.opt_state = ck.params, ck.opt_state
         self.step, self.history = int(ck.meta["step"]), list(ck.meta["history"])
 
