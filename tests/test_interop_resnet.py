@@ -150,3 +150,43 @@ def test_resnet_gradients(block, rng):
 
     res = gradcheck(forward, backward, [images, *(params[n] for n in names)], max_entries=40)
     assert res.max_error < 1e-6
+
+
+@pytest.mark.parametrize("block", ["basic", "bottleneck"])
+def test_resnet_matches_transformers_resnet_backbone(block, rng):
+    """The transformers ResNetBackbone with frozen BatchNorm and perturbed weights, both float32."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.detr.modeling_detr import replace_batch_norm
+
+    from minidetr.interop.names import RESNET_NAMES, rename
+
+    spec = _spec(block, levels=3)
+    hf_cfg = transformers.ResNetConfig(
+        embedding_size=spec.resnet_stem,
+        hidden_sizes=list(spec.backbone_channels),
+        depths=list(spec.backbone_blocks),
+        layer_type=block,
+        out_features=["stage1", "stage2", "stage3"],
+    )
+    torch.manual_seed(0)
+    hf = transformers.ResNetBackbone(hf_cfg).eval()
+    replace_batch_norm(hf)
+    state = {k: v for k, v in hf.state_dict().items() if not k.endswith("num_batches_tracked")}
+    params = {}
+    for k, v in state.items():
+        value = v.numpy().astype(np.float64)
+        if k.endswith("running_var"):
+            value = rng.uniform(0.5, 2.0, value.shape)
+        else:
+            value = value + 0.1 * rng.standard_normal(value.shape)
+        state[k] = torch.from_numpy(value.astype(np.float32))
+        params["backbone." + rename(k, RESNET_NAMES, to_hf=False)] = value.astype(np.float32)
+    assert params.keys() == init_resnet(spec, rng).keys()
+    hf.load_state_dict(state)
+    images = rng.standard_normal((2, 3, 32, 48)).astype(np.float32)
+    with torch.no_grad():
+        want = hf(torch.from_numpy(images)).feature_maps
+    feats, _ = resnet_forward(params, images, spec)
+    for got, w in zip(feats, want):
+        np.testing.assert_allclose(got, w.numpy(), atol=1e-4, rtol=1e-4)
