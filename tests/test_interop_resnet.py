@@ -57,7 +57,8 @@ def test_frozen_batchnorm_input_gradient(xp, rng):
 
 def test_frozen_batchnorm_matches_normalising_by_the_statistics(rng):
     x = rng.standard_normal((2, 3, 4, 4))
-    w, b, m, v = rng.uniform(0.5, 2, 3), rng.standard_normal(3), rng.standard_normal(3), rng.uniform(0.5, 2, 3)
+    w, b = rng.uniform(0.5, 2, 3), rng.standard_normal(3)
+    m, v = rng.standard_normal(3), rng.uniform(0.5, 2, 3)
     y, _ = frozen_batchnorm_forward(x, w, b, m, v)
     want = (x - m[:, None, None]) / np.sqrt(v[:, None, None] + 1e-5) * w[:, None, None]
     np.testing.assert_allclose(y, want + b[:, None, None], rtol=1e-12, atol=1e-12)
