@@ -1,10 +1,9 @@
-"""Parameter names: minidetr's on one side, Hugging Face transformers' on the other.
+"""Parameter names: minidetr's on one side, the reference implementations' on the other.
 
-One table of regular expressions per part of the model, each a pair
-(minidetr pattern, transformers pattern) with the same numbered groups, read in
-both directions. Only the ResNet backbone, whose layout is shared by DETR and
-Deformable DETR, lives here; the transformer's names are in ``detr.py`` and
-``deformable.py``.
+Tables of regular expressions, each row a pair (minidetr pattern, other pattern)
+with the same groups in the same order, read in both directions. Backbones come in
+two layouts: transformers' ``ResNetBackbone`` and timm's / torchvision's ResNet
+(``conv1``, ``layer1.0.conv2``, ``downsample.1``), which the published DETR files use.
 """
 
 from __future__ import annotations
@@ -32,6 +31,37 @@ RESNET_NAMES = (
         r"encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.normalization\.(\w+)",
     ),
 )
+
+# timm / torchvision ResNet: layer numbers and conv/bn numbers count from 1
+_TIMM = (
+    (r"conv1\.weight", lambda: "stem.conv.weight"),
+    (r"bn1\.(\w+)", lambda k: f"stem.bn.{k}"),
+    (
+        r"layer(\d+)\.(\d+)\.conv(\d+)\.weight",
+        lambda s, j, k: f"stages.{int(s) - 1}.blocks.{j}.convs.{int(k) - 1}.conv.weight",
+    ),
+    (
+        r"layer(\d+)\.(\d+)\.bn(\d+)\.(\w+)",
+        lambda s, j, k, x: f"stages.{int(s) - 1}.blocks.{j}.convs.{int(k) - 1}.bn.{x}",
+    ),
+    (
+        r"layer(\d+)\.(\d+)\.downsample\.0\.weight",
+        lambda s, j: f"stages.{int(s) - 1}.blocks.{j}.shortcut.conv.weight",
+    ),
+    (
+        r"layer(\d+)\.(\d+)\.downsample\.1\.(\w+)",
+        lambda s, j, x: f"stages.{int(s) - 1}.blocks.{j}.shortcut.bn.{x}",
+    ),
+)
+
+
+def timm_resnet_name(name: str) -> str | None:
+    """minidetr's backbone name (after "backbone.") of a timm/torchvision ResNet name, or None."""
+    for pattern, make in _TIMM:
+        m = re.fullmatch(pattern, name)
+        if m:
+            return make(*m.groups())
+    return None
 
 
 def _fill(pattern: str, groups: tuple[str, ...]) -> str:

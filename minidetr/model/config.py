@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 VARIANTS = ("standard", "deformable")
+BACKBONES = ("convnet", "resnet")
+RESNET_BLOCKS = ("basic", "bottleneck")
 
 
 @dataclass(frozen=True)
@@ -46,14 +48,27 @@ class ModelConfig:
     two_stage: bool = False  # initial boxes from the encoder's best proposals (DINO mixed queries)
     proposal_size: float = 0.05  # two-stage proposal side at the finest level, doubling per level
     denoising: bool = False  # a label embedding for DN-DETR's noised ground-truth queries
+    # fidelity switches, for weights converted from DETR and Deformable DETR (minidetr.interop)
+    backbone: str = "convnet"  # "convnet" (GroupNorm, from scratch) or "resnet" (frozen BatchNorm)
+    resnet_block: str = "basic"  # "basic" or "bottleneck" blocks (backbone="resnet")
+    resnet_stem: int = 64  # width of the ResNet stem (backbone="resnet")
+    input_proj_norm: bool = True  # GroupNorm after each input projection (DETR has none)
+    final_norm: bool = False  # DETR's shared LayerNorm on every decoder output the heads read
+    learned_content: bool = True  # learned content queries; False starts them at zero, as DETR
 
     def __post_init__(self) -> None:
         for name in ("backbone_channels", "backbone_blocks"):  # lists, e.g. from JSON, to tuples
             object.__setattr__(self, name, tuple(int(n) for n in getattr(self, name)))
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.resnet_block not in RESNET_BLOCKS:
+            raise ValueError(
+                f"resnet_block must be one of {RESNET_BLOCKS}, got {self.resnet_block!r}"
+            )
         positive = ("num_classes", "d_model", "num_heads", "ffn_dim", "num_queries")
-        positive += ("num_levels", "num_points", "num_groups", "image_size")
+        positive += ("num_levels", "num_points", "num_groups", "image_size", "resnet_stem")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -63,12 +78,12 @@ class ModelConfig:
             raise ValueError(f"num_decoder_layers must be >= 1, got {self.num_decoder_layers}")
         if not self.backbone_channels:
             raise ValueError("backbone_channels must name at least one stage")
-        if (
-            len(self.backbone_blocks) != len(self.backbone_channels)
-            or min(self.backbone_blocks) < 0
-        ):
+        if len(self.backbone_blocks) != len(self.backbone_channels) or min(
+            self.backbone_blocks
+        ) < int(self.backbone == "resnet"):
             raise ValueError(
-                f"backbone_blocks must give a count >= 0 for each of the "
+                f"backbone_blocks must give a count >= {int(self.backbone == 'resnet')} for each "
+                f"of the "
                 f"{len(self.backbone_channels)} stages, got {self.backbone_blocks}"
             )
         if self.d_model % self.num_heads:
@@ -77,7 +92,12 @@ class ModelConfig:
             raise ValueError(
                 f"d_model must be a multiple of 4 (sine encodings), got {self.d_model}"
             )
-        for c in (*self.backbone_channels, self.d_model):
+        grouped = self.backbone_channels if self.backbone == "convnet" else ()
+        if self.backbone == "resnet" and self.resnet_block == "bottleneck":
+            for c in self.backbone_channels:
+                if c % 4:
+                    raise ValueError(f"bottleneck widths must be multiples of 4, not {c}")
+        for c in (*grouped, *((self.d_model,) if self.input_proj_norm else ())):
             if c % self.num_groups:
                 raise ValueError(f"num_groups {self.num_groups} must divide every width, not {c}")
         if self.num_levels > len(self.backbone_channels):
@@ -101,14 +121,14 @@ class ModelConfig:
 
     @property
     def stride(self) -> int:
-        """How much the backbone shrinks the image: 2 per stage."""
-        return 2 ** len(self.backbone_channels)
+        """How much the backbone shrinks the image: 2 per stage (and 4 for a ResNet's stem)."""
+        return 2 ** (len(self.backbone_channels) + (self.backbone == "resnet"))
 
     @property
     def level_strides(self) -> tuple[int, ...]:
         """Strides of the S feature maps that feed the transformer, finest first."""
-        n = len(self.backbone_channels)
-        return tuple(2 ** (i + 1) for i in range(n - self.num_levels, n))
+        n, extra = len(self.backbone_channels), int(self.backbone == "resnet")
+        return tuple(2 ** (i + 1 + extra) for i in range(n - self.num_levels, n))
 
     @property
     def num_logits(self) -> int:

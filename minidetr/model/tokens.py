@@ -39,7 +39,8 @@ def init_tokens(cfg: ModelConfig, rng: np.random.Generator) -> dict:
     for lvl, c in enumerate(cfg.backbone_channels[-cfg.num_levels :]):
         out[f"input_proj.{lvl}.weight"] = xavier_uniform(rng, (d, c, 1, 1))
         out[f"input_proj.{lvl}.bias"] = np.zeros(d)
-        add_norm(out, f"input_proj.{lvl}.norm", d)
+        if cfg.input_proj_norm:
+            add_norm(out, f"input_proj.{lvl}.norm", d)
     if cfg.num_levels > 1:
         out["level_embed"] = rng.standard_normal((cfg.num_levels, d))
     return out
@@ -47,7 +48,7 @@ def init_tokens(cfg: ModelConfig, rng: np.random.Generator) -> dict:
 
 class TokensCache(NamedTuple):
     convs: tuple[Conv2dCache, ...]
-    norms: tuple[NormCache, ...]
+    norms: tuple[NormCache | None, ...]  # None without the GroupNorm (DETR)
     layout: TokenLayout
     has_level_embed: bool
 
@@ -61,9 +62,11 @@ def tokens_forward(
     for lvl, feat in enumerate(feats):
         name = f"input_proj.{lvl}"
         y, conv = conv2d_forward(feat, params[f"{name}.weight"], params[f"{name}.bias"])
-        y, norm = groupnorm_forward(
-            y, params[f"{name}.norm.weight"], params[f"{name}.norm.bias"], cfg.num_groups
-        )  # (B, D, H_l, W_l)
+        norm = None
+        if cfg.input_proj_norm:
+            y, norm = groupnorm_forward(
+                y, params[f"{name}.norm.weight"], params[f"{name}.norm.bias"], cfg.num_groups
+            )  # (B, D, H_l, W_l)
         b, d, h, w = y.shape
         srcs.append(xp.permute_dims(xp.reshape(y, (b, d, h * w)), (0, 2, 1)))  # (B, H_l W_l, D)
         poss.append(_level_position(params, lvl, h, w, d, feat))  # (1, H_l W_l, D)
@@ -107,9 +110,10 @@ def tokens_backward(
         ds = dsrc[:, start : start + h * w, :]  # (B, H_l W_l, D)
         b, _, d = ds.shape
         dy = xp.reshape(xp.permute_dims(ds, (0, 2, 1)), (b, d, h, w))  # (B, D, H_l, W_l)
-        dy, dgamma, dbeta = groupnorm_backward(dy, cache.norms[lvl])
-        accumulate(grads, f"{name}.norm.weight", dgamma)
-        accumulate(grads, f"{name}.norm.bias", dbeta)
+        if cache.norms[lvl] is not None:
+            dy, dgamma, dbeta = groupnorm_backward(dy, cache.norms[lvl])
+            accumulate(grads, f"{name}.norm.weight", dgamma)
+            accumulate(grads, f"{name}.norm.bias", dbeta)
         dfeat, dw, db = conv2d_backward(dy, cache.convs[lvl])
         accumulate(grads, f"{name}.weight", dw)
         accumulate(grads, f"{name}.bias", db)
