@@ -185,6 +185,7 @@ PRESETS: dict[str, ModelConfig] = {
         num_encoder_layers=2,
         num_decoder_layers=2,
         num_queries=16,
+        final_norm=True,
     ),
     "deformable": ModelConfig(
         variant="deformable",

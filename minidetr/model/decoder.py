@@ -25,7 +25,7 @@ from typing import NamedTuple
 from minidetr.backend import Array
 from minidetr.model.config import ModelConfig
 from minidetr.model.heads import HeadsCache, heads_backward, heads_forward
-from minidetr.model.params import accumulate_mlp, mlp_params
+from minidetr.model.params import accumulate, accumulate_mlp, mlp_params
 from minidetr.model.queries import (
     BoxSineCache,
     box_sine_embedding_backward,
@@ -41,9 +41,17 @@ from minidetr.model.transformer import (
     decoder_layer_forward,
     sum_to,
 )
-from minidetr.ops import mlp_backward, mlp_forward, sigmoid_backward, sigmoid_forward
+from minidetr.ops import (
+    layernorm_backward,
+    layernorm_forward,
+    mlp_backward,
+    mlp_forward,
+    sigmoid_backward,
+    sigmoid_forward,
+)
 from minidetr.ops.activation import SigmoidCache
 from minidetr.ops.mlp import MlpCache
+from minidetr.ops.normalization import NormCache
 
 POS_HEAD_LAYERS = 2  # MLP_pos: 2 D -> D -> D, as DAB-DETR's ref_point_head
 
@@ -53,6 +61,7 @@ class DecoderStepCache(NamedTuple):
     sine: BoxSineCache | None
     pos_head: MlpCache | None
     layer: DecoderLayerCache
+    final_norm: NormCache | None  # DETR's shared decoder LayerNorm before the heads, or None
     heads: HeadsCache
 
 
@@ -113,9 +122,14 @@ def decoder_forward(
             cfg,
             ctx,
         )  # (B, N, D)
-        logits, boxes, _, heads = heads_forward(params, h, ref_unsig)
+        h_out, final_norm = h, None
+        if cfg.final_norm:  # DETR: the heads read LN(h_l); the next layer reads h_l itself
+            h_out, final_norm = layernorm_forward(
+                h, params["decoder.norm.weight"], params["decoder.norm.bias"]
+            )
+        logits, boxes, _, heads = heads_forward(params, h_out, ref_unsig)
         outputs.append((logits, boxes))
-        steps.append(DecoderStepCache(ref_cache, sine, pos_head, layer, heads))
+        steps.append(DecoderStepCache(ref_cache, sine, pos_head, layer, final_norm, heads))
         if ref_unsig is not None and cfg.box_refine and i + 1 < cfg.num_decoder_layers:
             # detached: no gradient flows back through the next layer's reference
             ref_unsig = inverse_sigmoid(boxes) if refined is None else refined[i]
@@ -133,6 +147,10 @@ def decoder_backward(
         step = cache.steps[i]
         dlogits, dboxes = doutputs[i]
         dh_heads, du = heads_backward(dlogits, dboxes, step.heads, grads)
+        if step.final_norm is not None and dh_heads is not None:
+            dh_heads, dgamma, dbeta = layernorm_backward(dh_heads, step.final_norm)
+            accumulate(grads, "decoder.norm.weight", dgamma)
+            accumulate(grads, "decoder.norm.bias", dbeta)
         dh = _add(dh, dh_heads)
         dh, dqpos, dmem, dmem_pos, dref = decoder_layer_backward(
             dh, step.layer, cache.kind, grads, f"decoder.layers.{i}"

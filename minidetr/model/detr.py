@@ -38,7 +38,7 @@ from minidetr.model.backbone import (
 from minidetr.model.config import ModelConfig
 from minidetr.model.decoder import DecoderCache, decoder_backward, decoder_forward
 from minidetr.model.heads import init_heads
-from minidetr.model.params import accumulate, add_mlp, check_params
+from minidetr.model.params import accumulate, add_mlp, add_norm, check_params
 from minidetr.model.queries import (
     EmbeddingCache,
     embedding_backward,
@@ -122,7 +122,10 @@ class MiniDETR:
         out.update(init_encoder(cfg, rng, self.kind))
         out.update(init_decoder_layers(cfg, rng, self.kind))
         q, d = cfg.num_queries, cfg.d_model
-        out["query.content"] = rng.standard_normal((q, d))
+        if cfg.final_norm:
+            add_norm(out, "decoder.norm", d)
+        if cfg.learned_content:
+            out["query.content"] = rng.standard_normal((q, d))
         if not cfg.anchor_queries:
             out["query.pos"] = rng.standard_normal((q, d))
         else:
@@ -171,7 +174,7 @@ class MiniDETR:
                 f"images height and width must be positive multiples of the backbone stride {s}, "
                 f"got {h}x{w}; pad or resize them"
             )
-        dtype = params["query.content"].dtype
+        dtype = params["class_head.weight"].dtype
         if images.dtype != dtype:
             raise TypeError(f"images must have the parameters' dtype {dtype}, got {images.dtype}")
         namespace(images, *params.values())  # TypeError when array libraries mix
@@ -211,7 +214,10 @@ class MiniDETR:
 
         b, q, d = images.shape[0], cfg.num_queries, cfg.d_model
         outputs: dict = {}
-        tgt = xp.broadcast_to(params["query.content"][None, ...], (b, q, d))  # (B, Q, D)
+        if cfg.learned_content:
+            tgt = xp.broadcast_to(params["query.content"][None, ...], (b, q, d))  # (B, Q, D)
+        else:  # DETR: the content starts at zero, the positions tell the queries apart
+            tgt = xp.zeros((b, q, d), dtype=images.dtype, device=images.device)
         ref_unsig = query_pos = ts = None
         if cfg.two_stage:
             if memory.shape[1] < q:
@@ -301,7 +307,8 @@ class MiniDETR:
         if cache.label_embed is not None:
             (dtable,) = embedding_backward(dtgt[:, :qdn, :], cache.label_embed)
             accumulate(grads, "query.label_embed", dtable)
-        accumulate(grads, "query.content", xp.sum(dtgt[:, qdn:, :], axis=0))
+        if cfg.learned_content:
+            accumulate(grads, "query.content", xp.sum(dtgt[:, qdn:, :], axis=0))
         if cache.two_stage is not None:
             enc = output_grads.get("enc_outputs") or {}
             dmem = two_stage_backward(
