@@ -92,6 +92,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "seed": args.seed,
         "lr": args.lr,
+        **_coco_paths(args),
     }
     cfg = replace(TrainConfig(), **{k: v for k, v in overrides.items() if v is not None})
     out = Path(args.out) if args.out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -117,6 +118,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     _write_report(run, out, seconds, args.device)
     return 0
+
+
+def _coco_paths(args: argparse.Namespace) -> dict[str, str | None]:
+    """--dataset PATH.json, --val-dataset, --images as absolute paths (checked, one line if bad)."""
+    from minidetr.data import DATASETS
+
+    if args.dataset is not None and args.dataset not in DATASETS:
+        if not args.dataset.endswith(".json"):
+            raise UserError(
+                f"--dataset must be one of {sorted(DATASETS)} or a COCO file PATH.json, "
+                f"got {args.dataset!r}"
+            )
+    if (args.val_dataset or args.images) and not (args.dataset or "").endswith(".json"):
+        raise UserError("--val-dataset and --images go with --dataset PATH.json")
+    paths = {"dataset": args.dataset, "val_dataset": args.val_dataset, "images": args.images}
+    out = dict(paths)
+    for k, v in paths.items():
+        if v is not None and (k != "dataset" or v.endswith(".json")):
+            out[k] = str(Path(v).resolve())
+    return out
 
 
 def _train_config_of(path: Path, cfg: Any, args: argparse.Namespace) -> Any:
@@ -284,7 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", parents=[common], help="train a tiny DETR on built-in data")
     t.add_argument("--preset", choices=sorted(PRESETS), help="model preset (default: deformable)")
-    t.add_argument("--dataset", choices=sorted(DATASETS), help="built-in dataset (default: shapes)")
+    t.add_argument(
+        "--dataset",
+        help=f"built-in dataset {sorted(DATASETS)} (default: shapes) or a COCO file PATH.json",
+    )
+    t.add_argument("--val-dataset", help="COCO validation file (default: a held-out tenth)")
+    t.add_argument("--images", help="folder of the COCO files' images (default: the JSON's)")
     t.add_argument("--steps", type=int, help="optimizer steps")
     t.add_argument("--batch-size", type=int, help="images per step")
     t.add_argument("--lr", type=float, help="peak learning rate")

@@ -140,3 +140,32 @@ def test_crowd_annotations_are_skipped(tmp_path):
     path = _broken(tmp_path, lambda d: d["annotations"][0].update(iscrowd=1))
     ds = CocoDataset(path, 32)
     assert len(ds[0].labels) == 0 and len(ds[1].labels) == 1
+
+
+def test_cli_trains_evaluates_and_predicts_on_a_coco_file(tmp_path, capsys):
+    from minidetr.cli import main
+
+    path = write_coco(tmp_path / "data", num_images=10)
+    out = tmp_path / "run"
+    common = ["--preset", "tiny", "--steps", "2", "--batch-size", "2", "--quiet"]
+    assert main(["train", "--dataset", str(path), "--out", str(out), *common]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) >= {"AP", "AP50", "AP75"} and metrics["dataset"] == str(path.resolve())
+    assert main(["eval", str(out / "checkpoint.npz")]) == 0
+    assert '"AP50"' in capsys.readouterr().out
+    picture = tmp_path / "data" / "im0.png"
+    pred_dir = tmp_path / "pred"
+    assert main(["predict", str(out / "checkpoint.npz"), str(picture), "--out", str(pred_dir)]) == 0
+    assert (pred_dir / "im0_pred.png").exists()
+
+
+def test_cli_bad_coco_file_is_one_line(tmp_path, capsys):
+    from minidetr.cli import main
+
+    path = _broken(tmp_path, lambda d: d["annotations"][1].update(bbox=[1, 1, -2, 5]))
+    args = ["train", "--dataset", str(path), "--preset", "tiny", "--steps", "1"]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "annotation id 2" in err[0] and "Traceback" not in err[0]
+    assert main(["train", "--dataset", "nope", "--out", str(tmp_path / "r2")]) == 2
+    assert "COCO file PATH.json" in capsys.readouterr().err
