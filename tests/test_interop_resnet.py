@@ -29,7 +29,7 @@ def _spec(block: str, levels: int = 2) -> SimpleNamespace:
         resnet_stem=8,
         backbone_channels=(8, 16, 16) if block == "basic" else (8, 16, 32),
         backbone_blocks=(1, 2, 1),
-        num_levels=levels,
+        backbone_levels=levels,
     )
 
 

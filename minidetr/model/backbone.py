@@ -112,9 +112,9 @@ def backbone_forward(
             x, c = _conv_unit_forward(params, f"{name}.blocks.{j}", x, 1, cfg.num_groups, skip=x)
             stage_blocks.append(c)
         blocks.append(tuple(stage_blocks))
-        if i >= n - cfg.num_levels:
+        if i >= n - cfg.backbone_levels:
             feats.append(x)
-    return feats, BackboneCache(tuple(stages), tuple(blocks), cfg.num_levels)
+    return feats, BackboneCache(tuple(stages), tuple(blocks), cfg.backbone_levels)
 
 
 def backbone_backward(dfeats: list[Array], cache: BackboneCache | ResNetCache, grads: dict) -> None:

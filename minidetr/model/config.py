@@ -55,6 +55,8 @@ class ModelConfig:
     input_proj_norm: bool = True  # GroupNorm after each input projection (DETR has none)
     final_norm: bool = False  # DETR's shared LayerNorm on every decoder output the heads read
     learned_content: bool = True  # learned content queries; False starts them at zero, as DETR
+    extra_levels: int = 0  # of the num_levels, how many are made by 3x3 stride-2 convs (Deformable)
+    sine_half_pixel: bool = False  # sine positions of pixel centres (i + 1/2), as Deformable DETR
 
     def __post_init__(self) -> None:
         for name in ("backbone_channels", "backbone_blocks"):  # lists, e.g. from JSON, to tuples
@@ -100,9 +102,12 @@ class ModelConfig:
         for c in (*grouped, *((self.d_model,) if self.input_proj_norm else ())):
             if c % self.num_groups:
                 raise ValueError(f"num_groups {self.num_groups} must divide every width, not {c}")
-        if self.num_levels > len(self.backbone_channels):
+        if not 0 <= self.extra_levels < self.num_levels:
+            raise ValueError(f"extra_levels must be in [0, num_levels), got {self.extra_levels}")
+        if self.backbone_levels > len(self.backbone_channels):
             raise ValueError(
-                f"num_levels {self.num_levels} exceeds the {len(self.backbone_channels)} stages"
+                f"num_levels {self.num_levels} less extra_levels {self.extra_levels} exceeds the "
+                f"{len(self.backbone_channels)} stages"
             )
         if not 0.0 < self.proposal_size * 2 ** (self.num_levels - 1) < 1.0:
             raise ValueError(
@@ -125,10 +130,16 @@ class ModelConfig:
         return 2 ** (len(self.backbone_channels) + (self.backbone == "resnet"))
 
     @property
+    def backbone_levels(self) -> int:
+        """How many of the levels are backbone maps (the last stages); the rest are extra."""
+        return self.num_levels - self.extra_levels
+
+    @property
     def level_strides(self) -> tuple[int, ...]:
         """Strides of the S feature maps that feed the transformer, finest first."""
         n, extra = len(self.backbone_channels), int(self.backbone == "resnet")
-        return tuple(2 ** (i + 1 + extra) for i in range(n - self.num_levels, n))
+        maps = tuple(2 ** (i + 1 + extra) for i in range(n - self.backbone_levels, n))
+        return maps + tuple(maps[-1] * 2 ** (k + 1) for k in range(self.extra_levels))
 
     @property
     def num_logits(self) -> int:

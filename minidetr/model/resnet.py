@@ -17,7 +17,7 @@ torchvision and Hugging Face transformers' ``ResNetBackbone``.
 Shapes: B batch, C_s width of stage s, H_s x W_s its map = (H, W) / (4 * 2^s).
 The config supplies ``backbone_channels`` (C_s), ``backbone_blocks`` (blocks per
 stage), ``resnet_block`` ("basic" or "bottleneck"), ``resnet_stem`` (E) and
-``num_levels`` (the last S stages are returned).
+``backbone_levels`` (the last L stages are returned).
 """
 
 from __future__ import annotations
@@ -214,9 +214,9 @@ def resnet_forward(params: dict, images: Array, cfg: Any) -> tuple[list[Array], 
             )
             caches.append(c)
         stages.append(tuple(caches))
-        if s >= n - cfg.num_levels:
+        if s >= n - cfg.backbone_levels:
             feats.append(x)
-    return feats, ResNetCache(stem, pool, tuple(stages), cfg.num_levels)
+    return feats, ResNetCache(stem, pool, tuple(stages), cfg.backbone_levels)
 
 
 def resnet_backward(dfeats: list[Array], cache: ResNetCache, grads: dict) -> Array:
