@@ -131,9 +131,14 @@ def load_official_checkpoint(
     return cfg, params
 
 
-def load_checkpoint(path: str | Path, image_size: int = 800) -> tuple[ModelConfig, dict]:
-    """A DETR checkpoint by its form: a ``.pth`` file, or a transformers folder/safetensors."""
+def load_checkpoint(
+    path: str | Path, image_size: int = 800, num_heads: int = 8
+) -> tuple[ModelConfig, dict]:
+    """A DETR checkpoint by its form: a ``.pth`` file, or a transformers folder/safetensors.
+
+    ``num_heads`` is for the ``.pth`` only, which does not record it (8 in every published DETR).
+    """
     path = Path(path)
     if path.suffix in (".pth", ".pt"):
-        return load_official_checkpoint(path, image_size=image_size)
+        return load_official_checkpoint(path, num_heads=num_heads, image_size=image_size)
     return load_transformers_checkpoint(path, image_size=image_size)
