@@ -62,6 +62,8 @@ class ModelConfig:
     final_norm: bool = False  # DETR's shared LayerNorm on every decoder output the heads read
     extra_levels: int = 0  # of the num_levels, how many are made by 3x3 stride-2 convs (Deformable)
     sine_half_pixel: bool = False  # sine positions of pixel centres (i + 1/2), as Deformable DETR
+    learned_reference: bool = False  # Deformable DETR's queries: learned positions, fixed over the
+    # layers, and 2-D reference points sigmoid(Linear(position)) (needs anchor_queries=False)
 
     def __post_init__(self) -> None:
         for name in ("backbone_channels", "backbone_blocks"):  # lists, e.g. from JSON, to tuples
@@ -121,11 +123,21 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        needs_anchor = [n for n in ("box_refine", "two_stage", "denoising") if getattr(self, n)]
-        if self.variant == "deformable":
-            needs_anchor.append("variant='deformable'")
+        needs_anchor = [n for n in ("two_stage", "denoising") if getattr(self, n)]
+        if self.learned_reference:
+            if self.anchor_queries or needs_anchor:
+                raise ValueError(
+                    "learned_reference is Deformable DETR's plain queries: it excludes "
+                    "anchor_queries, two_stage and denoising"
+                )
+        else:
+            needs_anchor += [n for n in ("box_refine",) if getattr(self, n)]
+            if self.variant == "deformable":
+                needs_anchor.append("variant='deformable'")
         if needs_anchor and not self.anchor_queries:
-            raise ValueError(f"{', '.join(needs_anchor)} needs anchor_queries=True")
+            raise ValueError(
+                f"{', '.join(needs_anchor)} needs anchor_queries=True (or learned_reference=True)"
+            )
         if self.image_size % self.stride:
             raise ValueError(f"image_size must be a multiple of the stride {self.stride}")
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from minidetr.backend import Array
+from minidetr.backend import Array, namespace
 from minidetr.model.attention_kind import AttentionKind
 from minidetr.model.config import ModelConfig
 from minidetr.model.decoder_layer import (
@@ -110,7 +110,8 @@ def decoder_forward(
     for i in range(cfg.num_decoder_layers):
         ref = ref_cache = sine = pos_head = None
         if ref_unsig is not None:
-            ref, ref_cache = sigmoid_forward(ref_unsig)  # (B, N, 4)
+            ref, ref_cache = sigmoid_forward(ref_unsig)  # (B, N, 4), or (B, N, 2) points
+        if ref_unsig is not None and queries.pos is None:  # anchors: the position from the box
             emb, sine = box_sine_embedding_forward(ref, cfg.d_model)  # (B, N, 2 D)
             query_pos, pos_head = mlp_forward(
                 emb, *mlp_params(params, "query.pos_head", POS_HEAD_LAYERS)
@@ -130,7 +131,7 @@ def decoder_forward(
                 h, params["decoder.norm.weight"], params["decoder.norm.bias"]
             )
         prefix = decoder_head_prefix(cfg, i)
-        logits, boxes, _, heads = heads_forward(params, h_out, ref_unsig, prefix=prefix)
+        logits, boxes, _, heads = heads_forward(params, h_out, _as_box(ref_unsig), prefix=prefix)
         outputs.append((logits, boxes))
         steps.append(DecoderStepCache(ref_cache, sine, pos_head, layer, final_norm, heads, prefix))
         if ref_unsig is not None and cfg.box_refine and i + 1 < cfg.num_decoder_layers:
@@ -138,6 +139,14 @@ def decoder_forward(
             ref_unsig = inverse_sigmoid(boxes) if refined is None else refined[i]
             new_refs.append(ref_unsig)
     return outputs, DecoderCache(tuple(steps), kind, cfg.box_refine, tuple(new_refs))
+
+
+def _as_box(ref_unsig: Array | None) -> Array | None:
+    """A 2-D reference point (x, y) corrects the box centre only: (u_x, u_y, 0, 0)."""
+    if ref_unsig is None or ref_unsig.shape[-1] == 4:
+        return ref_unsig
+    xp = namespace(ref_unsig)
+    return xp.concat([ref_unsig, xp.zeros_like(ref_unsig)], axis=-1)  # (B, N, 4)
 
 
 def decoder_backward(
@@ -160,8 +169,12 @@ def decoder_backward(
         )
         dmemory = _add(dmemory, dmem)
         dmemory_pos = _add(dmemory_pos, None if dmem_pos is None else sum_to(dmem_pos, 1))
-        if step.ref is None:  # DETR's queries: one learned positional embedding for all layers
+        if step.pos_head is None:  # learned positions, the same for all layers (DETR, Deformable)
             dqpos0 = _add(dqpos0, sum_to(dqpos, 1))
+            if step.ref is not None and (i == 0 or not cache.box_refine):  # 2-D points
+                k = step.ref.y.shape[-1]
+                du_ref = None if dref is None else sigmoid_backward(dref, step.ref)[0]
+                dref0 = _add(dref0, _add(du_ref, None if du is None else du[..., :k]))
             continue
         demb, *dparams = mlp_backward(dqpos, step.pos_head)
         accumulate_mlp(grads, "query.pos_head", tuple(dparams))

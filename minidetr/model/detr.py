@@ -59,8 +59,15 @@ from minidetr.model.two_stage import (
     two_stage_backward,
     two_stage_forward,
 )
-from minidetr.ops import embedding_backward, embedding_forward, inverse_sigmoid
+from minidetr.ops import (
+    embedding_backward,
+    embedding_forward,
+    inverse_sigmoid,
+    linear_backward,
+    linear_forward,
+)
 from minidetr.ops.embedding import EmbeddingCache
+from minidetr.ops.linear import LinearCache
 from minidetr.outputs import DN, ENC, MAIN, Predictions, QueryGroup, SetOutputs
 from minidetr.setloss.denoising import DenoisingQueries
 
@@ -78,6 +85,7 @@ class MiniDETRCache(NamedTuple):
     label_embed: EmbeddingCache | None
     decoder: DecoderCache
     num_dn: int  # Qdn, denoising queries in front of the Q matching ones
+    ref_point: LinearCache | None = None  # learned_reference: the Linear of the 2-D points
 
     @property
     def detached(self) -> dict:
@@ -200,7 +208,7 @@ class MiniDETR:
             tgt = xp.broadcast_to(params["query.content"][None, ...], (b, q, d))  # (B, Q, D)
         else:  # DETR: the decoder starts from zero, the positions say which query is which
             tgt = xp.zeros((b, q, d), dtype=images.dtype, device=images.device)
-        ref_unsig = query_pos = ts = None
+        ref_unsig = query_pos = ts = ref_lin = None
         if cfg.two_stage:
             if memory.shape[1] < q:
                 raise ValueError(
@@ -218,6 +226,11 @@ class MiniDETR:
             ref_unsig = xp.broadcast_to(params["query.anchors"][None, ...], (b, q, 4))
         else:
             query_pos = params["query.pos"][None, ...]  # (1, Q, D)
+            if cfg.learned_reference:  # Deformable DETR: points (x, y) = sigmoid(Linear(pos))
+                z, ref_lin = linear_forward(
+                    query_pos, params["query.ref_point.weight"], params["query.ref_point.bias"]
+                )  # (1, Q, 2)
+                ref_unsig = xp.broadcast_to(z, (b, q, 2))
 
         mask, emb, qdn = None, None, 0
         if denoising is not None:
@@ -243,7 +256,7 @@ class MiniDETR:
         if denoising is not None:
             dn = tuple(Predictions(lg[:, :qdn, :], bx[:, :qdn, :]) for lg, bx in layers)
             groups[DN] = QueryGroup(dn, denoising)
-        cache = MiniDETRCache(bb, tk, enc, ts, emb, dec, qdn)
+        cache = MiniDETRCache(bb, tk, enc, ts, emb, dec, qdn, ref_lin)
         return SetOutputs(groups), cache
 
     def _check_denoising(self, dn: Any, batch: int) -> None:
@@ -294,7 +307,14 @@ class MiniDETR:
         elif cfg.anchor_queries:
             accumulate(grads, "query.anchors", xp.sum(dref[:, qdn:, :], axis=0))
         else:
-            accumulate(grads, "query.pos", dqpos[0])
+            dpos = dqpos[0]
+            if cache.ref_point is not None:  # the reference points' Linear, and its input
+                dz = xp.sum(dref, axis=0, keepdims=True)  # (1, Q, 2)
+                dpos_ref, dw, db = linear_backward(dz, cache.ref_point)
+                accumulate(grads, "query.ref_point.weight", dw)
+                accumulate(grads, "query.ref_point.bias", db)
+                dpos = dpos + dpos_ref[0]
+            accumulate(grads, "query.pos", dpos)
         dsrc, dpos = encoder_backward(dmemory, cache.encoder, self.kind, grads)
         if dmemory_pos is not None:
             dpos = dmemory_pos if dpos is None else dpos + dmemory_pos

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from minidetr.model.config import ModelConfig
-from minidetr.model.params import add_mlp
+from minidetr.model.params import add_linear, add_mlp
 
 
 def init_queries(cfg: ModelConfig, rng: np.random.Generator) -> dict:
@@ -38,6 +38,8 @@ def init_queries(cfg: ModelConfig, rng: np.random.Generator) -> dict:
         out["query.content"] = rng.standard_normal((q, d))
     if not cfg.anchor_queries:
         out["query.pos"] = rng.standard_normal((q, d))
+        if cfg.learned_reference:  # Deformable DETR: reference points from the positions
+            add_linear(out, "query.ref_point", rng, 2, d, xavier=True)
     else:
         add_mlp(out, "query.pos_head", rng, (2 * d, d, d))
         if not cfg.two_stage:
