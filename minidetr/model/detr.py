@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from minidetr.backend import Array, Rng, asarray, namespace
-from minidetr.checks import check_dim, check_floating, check_ndim
+from minidetr.checks import check_dim, check_finite, check_floating, check_ndim
 from minidetr.model.attention_kind import STANDARD, AttentionKind
 from minidetr.model.backbone import (
     BackboneCache,
@@ -167,6 +167,7 @@ class MiniDETR:
         if images.dtype != dtype:
             raise TypeError(f"images must have the parameters' dtype {dtype}, got {images.dtype}")
         namespace(images, *params.values())  # TypeError when array libraries mix
+        check_finite(images, "images")  # else NaN pixels surface layers later, under other names
 
     def forward(
         self,
