@@ -109,3 +109,71 @@ def test_learned_reference_gradient_matches_finite_differences():
         analytic = grads[name].reshape(-1)[idx]
         scale = max(np.abs(numeric).max(), 1e-3)
         assert np.abs(numeric - analytic).max() / scale < 1e-5, name
+
+
+def tiny_two_stage(seed: int = 0):
+    model = tiny_deformable(True, seed)
+    cfg = model.config
+    cfg.two_stage, cfg.two_stage_num_proposals = True, 9
+    torch.manual_seed(seed)
+    model = transformers.DeformableDetrForObjectDetection(cfg).eval()
+    perturb(model, seed)
+    return model
+
+
+def test_two_stage_both_ways():
+    model = tiny_two_stage(seed=4)
+    cfg, params = from_transformers(model, image_size=64)
+    assert cfg.two_stage and cfg.proposal_queries and cfg.num_queries == 9
+    x = images(7)
+    want = run_hf(model, x)
+    got = run_mini(cfg, params, x)
+    assert np.abs(got[0] - want[0]).max() < TOL and np.abs(got[1] - want[1]).max() < TOL
+    exported = to_transformers(cfg, params)
+    again = run_hf(exported, x)
+    assert np.abs(again[0] - got[0]).max() < TOL and np.abs(again[1] - got[1]).max() < TOL
+    theirs = {k for k in exported.state_dict() if not k.endswith("num_batches_tracked")}
+    assert set(deformable_state(cfg, params)) == theirs
+
+
+def test_proposal_queries_gradient_matches_finite_differences():
+    """Two-stage queries from LN(Linear(sine(proposal))), the choice held fixed: float64."""
+    cfg, _ = from_transformers(tiny_two_stage(seed=5), image_size=64)
+    model = MiniDETR(cfg)
+    r = np.random.default_rng(4)
+    params = {
+        k: v + 0.05 * r.standard_normal(v.shape)
+        for k, v in model.init_params(0, dtype=np.float64).items()
+    }
+    x = r.standard_normal((1, 3, 64, 64))
+    shape = (1, cfg.num_queries)
+    w = {k: r.standard_normal(shape + (n,)) for k, n in (("l", cfg.num_logits), ("b", 4))}
+    w_enc = {k: r.standard_normal(shape + (n,)) for k, n in (("l", cfg.num_logits), ("b", 4))}
+    _, cache = model.forward(params, x, train=False)
+    fixed = cache.detached
+
+    def loss(p):
+        out, _ = model.forward(p, x, train=False, detached=fixed)
+        enc = out.enc_outputs
+        main = np.sum(out.pred_logits * w["l"]) + np.sum(out.pred_boxes * w["b"])
+        return float(
+            main + np.sum(enc["pred_logits"] * w_enc["l"]) + np.sum(enc["pred_boxes"] * w_enc["b"])
+        )
+
+    _, cache = model.forward(params, x, train=False, detached=fixed)
+    grads = model.backward(
+        {"pred_logits": w["l"], "pred_boxes": w["b"],
+         "enc_outputs": {"pred_logits": w_enc["l"], "pred_boxes": w_enc["b"]}}, cache
+    )  # fmt: skip
+    names = ["query.pos_trans.weight", "query.pos_trans.norm.weight", "enc_output.weight",
+             "enc_class_head.weight", "decoder.layers.1.box_head.layers.2.bias"]  # fmt: skip
+    for name in names:
+        idx = r.choice(params[name].size, size=min(3, params[name].size), replace=False)
+
+        def f(v, name=name):
+            return loss({**params, name: v})
+
+        numeric = numerical_gradient(f, params[name].copy(), indices=idx).reshape(-1)[idx]
+        analytic = grads[name].reshape(-1)[idx]
+        scale = max(np.abs(numeric).max(), 1e-3)
+        assert np.abs(numeric - analytic).max() / scale < 1e-5, name

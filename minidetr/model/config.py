@@ -64,6 +64,9 @@ class ModelConfig:
     sine_half_pixel: bool = False  # sine positions of pixel centres (i + 1/2), as Deformable DETR
     learned_reference: bool = False  # Deformable DETR's queries: learned positions, fixed over the
     # layers, and 2-D reference points sigmoid(Linear(position)) (needs anchor_queries=False)
+    proposal_queries: bool = False  # Deformable DETR's two-stage: each query's position and
+    # content from its proposal's sine embedding (Linear + LayerNorm), proposals ranked by the
+    # first class and those outside (0.01, 0.99) masked (needs two_stage, anchor_queries=False)
 
     def __post_init__(self) -> None:
         for name in ("backbone_channels", "backbone_blocks"):  # lists, e.g. from JSON, to tuples
@@ -124,7 +127,16 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         needs_anchor = [n for n in ("two_stage", "denoising") if getattr(self, n)]
-        if self.learned_reference:
+        if self.proposal_queries:
+            if not self.two_stage or self.anchor_queries or self.denoising:
+                raise ValueError(
+                    "proposal_queries is Deformable DETR's two-stage: it needs two_stage=True "
+                    "and excludes anchor_queries and denoising"
+                )
+            if self.learned_content or self.learned_reference:
+                raise ValueError("proposal_queries makes the content and the reference points")
+            needs_anchor = []
+        elif self.learned_reference:
             if self.anchor_queries or needs_anchor:
                 raise ValueError(
                     "learned_reference is Deformable DETR's plain queries: it excludes "

@@ -82,6 +82,7 @@ class DecoderCache(NamedTuple):
     kind: AttentionKind
     box_refine: bool
     refined: tuple[Array, ...]  # the detached u_1 .. u_{n-1} (box_refine only)
+    pos_batch: int = 1  # learned positions: 1 when shared by the batch, B when per image
 
 
 def _add(a: Array | None, b: Array | None) -> Array | None:
@@ -138,7 +139,8 @@ def decoder_forward(
             # detached: no gradient flows back through the next layer's reference
             ref_unsig = inverse_sigmoid(boxes) if refined is None else refined[i]
             new_refs.append(ref_unsig)
-    return outputs, DecoderCache(tuple(steps), kind, cfg.box_refine, tuple(new_refs))
+    pos_batch = 1 if queries.pos is None else queries.pos.shape[0]
+    return outputs, DecoderCache(tuple(steps), kind, cfg.box_refine, tuple(new_refs), pos_batch)
 
 
 def _as_box(ref_unsig: Array | None) -> Array | None:
@@ -170,7 +172,7 @@ def decoder_backward(
         dmemory = _add(dmemory, dmem)
         dmemory_pos = _add(dmemory_pos, None if dmem_pos is None else sum_to(dmem_pos, 1))
         if step.pos_head is None:  # learned positions, the same for all layers (DETR, Deformable)
-            dqpos0 = _add(dqpos0, sum_to(dqpos, 1))
+            dqpos0 = _add(dqpos0, sum_to(dqpos, cache.pos_batch))
             if step.ref is not None and (i == 0 or not cache.box_refine):  # 2-D points
                 k = step.ref.y.shape[-1]
                 du_ref = None if dref is None else sigmoid_backward(dref, step.ref)[0]

@@ -60,16 +60,34 @@ from minidetr.model.two_stage import (
     two_stage_forward,
 )
 from minidetr.ops import (
+    box_sine_embedding_forward,
     embedding_backward,
     embedding_forward,
     inverse_sigmoid,
+    layernorm_backward,
+    layernorm_forward,
     linear_backward,
     linear_forward,
+    sigmoid_forward,
 )
 from minidetr.ops.embedding import EmbeddingCache
 from minidetr.ops.linear import LinearCache
 from minidetr.outputs import DN, ENC, MAIN, Predictions, QueryGroup, SetOutputs
 from minidetr.setloss.denoising import DenoisingQueries
+
+
+def _proposal_queries(params: dict, ref_unsig: Array, d: int) -> tuple:
+    """(query_pos (B, Q, D), content (B, Q, D), cache) = split(LN(Linear(sine(sigmoid(u))))).
+
+    Deformable DETR's two-stage queries, from the selected proposals u (B, Q, 4), a
+    constant; ``get_proposal_pos_embed`` is the box sine embedding with D / 2 features
+    per coordinate.
+    """
+    emb, _ = box_sine_embedding_forward(sigmoid_forward(ref_unsig)[0], d)  # (B, Q, 2D)
+    pt, lin = linear_forward(emb, params["query.pos_trans.weight"], params["query.pos_trans.bias"])
+    w, b = params["query.pos_trans.norm.weight"], params["query.pos_trans.norm.bias"]
+    pt, norm = layernorm_forward(pt, w, b)  # (B, Q, 2D)
+    return pt[..., :d], pt[..., d:], (lin, norm)
 
 
 def attention_kind(cfg: ModelConfig) -> AttentionKind:
@@ -86,6 +104,7 @@ class MiniDETRCache(NamedTuple):
     decoder: DecoderCache
     num_dn: int  # Qdn, denoising queries in front of the Q matching ones
     ref_point: LinearCache | None = None  # learned_reference: the Linear of the 2-D points
+    proposal_query: tuple | None = None  # proposal_queries: (LinearCache, NormCache)
 
     @property
     def detached(self) -> dict:
@@ -209,7 +228,7 @@ class MiniDETR:
             tgt = xp.broadcast_to(params["query.content"][None, ...], (b, q, d))  # (B, Q, D)
         else:  # DETR: the decoder starts from zero, the positions say which query is which
             tgt = xp.zeros((b, q, d), dtype=images.dtype, device=images.device)
-        ref_unsig = query_pos = ts = ref_lin = None
+        ref_unsig = query_pos = ts = ref_lin = pq = None
         if cfg.two_stage:
             if memory.shape[1] < q:
                 raise ValueError(
@@ -223,6 +242,8 @@ class MiniDETR:
                 None if detached is None else detached["two_stage"],
             )  # ref_unsig (B, Q, 4), a constant
             groups[ENC] = QueryGroup((Predictions(enc_logits, enc_boxes),))
+            if cfg.proposal_queries:  # Deformable DETR: position and content from the proposal
+                query_pos, tgt, pq = _proposal_queries(params, ref_unsig, d)
         elif cfg.anchor_queries:
             ref_unsig = xp.broadcast_to(params["query.anchors"][None, ...], (b, q, 4))
         else:
@@ -257,7 +278,7 @@ class MiniDETR:
         if denoising is not None:
             dn = tuple(Predictions(lg[:, :qdn, :], bx[:, :qdn, :]) for lg, bx in layers)
             groups[DN] = QueryGroup(dn, denoising)
-        cache = MiniDETRCache(bb, tk, enc, ts, emb, dec, qdn, ref_lin)
+        cache = MiniDETRCache(bb, tk, enc, ts, emb, dec, qdn, ref_lin, pq)
         return SetOutputs(groups), cache
 
     def _check_denoising(self, dn: Any, batch: int) -> None:
@@ -305,6 +326,15 @@ class MiniDETR:
             denc = Predictions(None, None) if enc is None else enc.layers[-1]
             dmem = two_stage_backward(denc.logits, denc.boxes, cache.two_stage, grads)
             dmemory = dmemory if dmem is None else dmemory + dmem
+            if cache.proposal_query is not None:  # LN(Linear(sine(proposal))) = [pos, content]
+                lin, norm = cache.proposal_query
+                dpt = xp.concat([dqpos, dtgt[:, qdn:, :]], axis=-1)  # (B, Q, 2D)
+                dpt, dgamma, dbeta = layernorm_backward(dpt, norm)
+                accumulate(grads, "query.pos_trans.norm.weight", dgamma)
+                accumulate(grads, "query.pos_trans.norm.bias", dbeta)
+                _, dw, db = linear_backward(dpt, lin)  # the proposals are detached
+                accumulate(grads, "query.pos_trans.weight", dw)
+                accumulate(grads, "query.pos_trans.bias", db)
         elif cfg.anchor_queries:
             accumulate(grads, "query.anchors", xp.sum(dref[:, qdn:, :], axis=0))
         else:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from minidetr.model.config import ModelConfig
-from minidetr.model.params import add_linear, add_mlp
+from minidetr.model.params import add_linear, add_mlp, add_norm
 
 
 def init_queries(cfg: ModelConfig, rng: np.random.Generator) -> dict:
@@ -36,7 +36,10 @@ def init_queries(cfg: ModelConfig, rng: np.random.Generator) -> dict:
     q, d = cfg.num_queries, cfg.d_model
     if cfg.learned_content:
         out["query.content"] = rng.standard_normal((q, d))
-    if not cfg.anchor_queries:
+    if cfg.proposal_queries:  # Deformable DETR's two-stage: Linear(2D, 2D) + LayerNorm(2D)
+        add_linear(out, "query.pos_trans", rng, 2 * d, 2 * d, xavier=True)
+        add_norm(out, "query.pos_trans.norm", 2 * d)
+    elif not cfg.anchor_queries:
         out["query.pos"] = rng.standard_normal((q, d))
         if cfg.learned_reference:  # Deformable DETR: reference points from the positions
             add_linear(out, "query.ref_point", rng, 2, d, xavier=True)
