@@ -44,7 +44,14 @@ from minidetr.model.encoder import encoder_backward, encoder_forward, init_encod
 from minidetr.model.heads import init_decoder_heads
 from minidetr.model.memory import Memory
 from minidetr.model.params import accumulate, add_norm, check_params
-from minidetr.model.queries import init_queries
+from minidetr.model.queries import (
+    ProposalQueryCache,
+    init_queries,
+    proposal_queries_backward,
+    proposal_queries_forward,
+    reference_points_backward,
+    reference_points_forward,
+)
 from minidetr.model.sublayers import RunContext
 from minidetr.model.tokens import (
     TokensCache,
@@ -59,35 +66,11 @@ from minidetr.model.two_stage import (
     two_stage_backward,
     two_stage_forward,
 )
-from minidetr.ops import (
-    box_sine_embedding_forward,
-    embedding_backward,
-    embedding_forward,
-    inverse_sigmoid,
-    layernorm_backward,
-    layernorm_forward,
-    linear_backward,
-    linear_forward,
-    sigmoid_forward,
-)
+from minidetr.ops import embedding_backward, embedding_forward, inverse_sigmoid
 from minidetr.ops.embedding import EmbeddingCache
 from minidetr.ops.linear import LinearCache
 from minidetr.outputs import DN, ENC, MAIN, Predictions, QueryGroup, SetOutputs
 from minidetr.setloss.denoising import DenoisingQueries
-
-
-def _proposal_queries(params: dict, ref_unsig: Array, d: int) -> tuple:
-    """(query_pos (B, Q, D), content (B, Q, D), cache) = split(LN(Linear(sine(sigmoid(u))))).
-
-    Deformable DETR's two-stage queries, from the selected proposals u (B, Q, 4), a
-    constant; ``get_proposal_pos_embed`` is the box sine embedding with D / 2 features
-    per coordinate.
-    """
-    emb, _ = box_sine_embedding_forward(sigmoid_forward(ref_unsig)[0], d)  # (B, Q, 2D)
-    pt, lin = linear_forward(emb, params["query.pos_trans.weight"], params["query.pos_trans.bias"])
-    w, b = params["query.pos_trans.norm.weight"], params["query.pos_trans.norm.bias"]
-    pt, norm = layernorm_forward(pt, w, b)  # (B, Q, 2D)
-    return pt[..., :d], pt[..., d:], (lin, norm)
 
 
 def attention_kind(cfg: ModelConfig) -> AttentionKind:
@@ -104,7 +87,7 @@ class MiniDETRCache(NamedTuple):
     decoder: DecoderCache
     num_dn: int  # Qdn, denoising queries in front of the Q matching ones
     ref_point: LinearCache | None = None  # learned_reference: the Linear of the 2-D points
-    proposal_query: tuple | None = None  # proposal_queries: (LinearCache, NormCache)
+    proposal_query: ProposalQueryCache | None = None  # proposal_queries
 
     @property
     def detached(self) -> dict:
@@ -243,15 +226,13 @@ class MiniDETR:
             )  # ref_unsig (B, Q, 4), a constant
             groups[ENC] = QueryGroup((Predictions(enc_logits, enc_boxes),))
             if cfg.proposal_queries:  # Deformable DETR: position and content from the proposal
-                query_pos, tgt, pq = _proposal_queries(params, ref_unsig, d)
+                query_pos, tgt, pq = proposal_queries_forward(params, ref_unsig, d)
         elif cfg.anchor_queries:
             ref_unsig = xp.broadcast_to(params["query.anchors"][None, ...], (b, q, 4))
         else:
             query_pos = params["query.pos"][None, ...]  # (1, Q, D)
             if cfg.learned_reference:  # Deformable DETR: points (x, y) = sigmoid(Linear(pos))
-                z, ref_lin = linear_forward(
-                    query_pos, params["query.ref_point.weight"], params["query.ref_point.bias"]
-                )  # (1, Q, 2)
+                z, ref_lin = reference_points_forward(params, query_pos)  # (1, Q, 2)
                 ref_unsig = xp.broadcast_to(z, (b, q, 2))
 
         mask, emb, qdn = None, None, 0
@@ -326,25 +307,15 @@ class MiniDETR:
             denc = Predictions(None, None) if enc is None else enc.layers[-1]
             dmem = two_stage_backward(denc.logits, denc.boxes, cache.two_stage, grads)
             dmemory = dmemory if dmem is None else dmemory + dmem
-            if cache.proposal_query is not None:  # LN(Linear(sine(proposal))) = [pos, content]
-                lin, norm = cache.proposal_query
-                dpt = xp.concat([dqpos, dtgt[:, qdn:, :]], axis=-1)  # (B, Q, 2D)
-                dpt, dgamma, dbeta = layernorm_backward(dpt, norm)
-                accumulate(grads, "query.pos_trans.norm.weight", dgamma)
-                accumulate(grads, "query.pos_trans.norm.bias", dbeta)
-                _, dw, db = linear_backward(dpt, lin)  # the proposals are detached
-                accumulate(grads, "query.pos_trans.weight", dw)
-                accumulate(grads, "query.pos_trans.bias", db)
+            if cache.proposal_query is not None:  # position and content made from the proposal
+                proposal_queries_backward(dqpos, dtgt[:, qdn:, :], cache.proposal_query, grads)
         elif cfg.anchor_queries:
             accumulate(grads, "query.anchors", xp.sum(dref[:, qdn:, :], axis=0))
         else:
             dpos = dqpos[0]
             if cache.ref_point is not None:  # the reference points' Linear, and its input
                 dz = xp.sum(dref, axis=0, keepdims=True)  # (1, Q, 2)
-                dpos_ref, dw, db = linear_backward(dz, cache.ref_point)
-                accumulate(grads, "query.ref_point.weight", dw)
-                accumulate(grads, "query.ref_point.bias", db)
-                dpos = dpos + dpos_ref[0]
+                dpos = dpos + reference_points_backward(dz, cache.ref_point, grads)[0]
             accumulate(grads, "query.pos", dpos)
         dsrc, dpos = encoder_backward(dmemory, cache.encoder, self.kind, grads)
         if dmemory_pos is not None:
