@@ -13,6 +13,9 @@ from dataclasses import dataclass
 VARIANTS = ("standard", "deformable")
 BACKBONES = ("convnet", "resnet")
 RESNET_BLOCKS = ("basic", "bottleneck")
+ENCODER_ATTENTIONS = (
+    "softmax", "linear", "performer", "topk", "window", "linformer", "hierarchical"
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,8 @@ class ModelConfig:
     proposal_queries: bool = False  # Deformable DETR's two-stage: each query's position and
     # content from its proposal's sine embedding (Linear + LayerNorm), proposals ranked by the
     # first class and those outside (0.01, 0.99) masked (needs two_stage, anchor_queries=False)
+    # the standard encoder's self-attention core (minidetr.attention.multihead), one feature map
+    encoder_attention: str = "softmax"
 
     def __post_init__(self) -> None:
         for name in ("backbone_channels", "backbone_blocks"):  # lists, e.g. from JSON, to tuples
@@ -152,6 +157,18 @@ class ModelConfig:
             )
         if self.image_size % self.stride:
             raise ValueError(f"image_size must be a multiple of the stride {self.stride}")
+        if self.encoder_attention not in ENCODER_ATTENTIONS:
+            raise ValueError(
+                f"encoder_attention must be one of {ENCODER_ATTENTIONS}, "
+                f"got {self.encoder_attention!r}"
+            )
+        if self.encoder_attention != "softmax" and (
+            self.variant != "standard" or self.num_levels != 1
+        ):
+            raise ValueError(
+                f"encoder_attention {self.encoder_attention!r} needs variant='standard' "
+                "with num_levels=1 (one token grid)"
+            )
 
     @property
     def stride(self) -> int:

@@ -27,7 +27,12 @@ from minidetr.model.resnet import is_frozen
 from minidetr.setloss import LossWeights, SetCriterion, check_targets
 from minidetr.setloss.denoising import make_denoising_queries
 from minidetr.setloss.matching import HungarianMatcher
-from minidetr.train.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
+from minidetr.train.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 from minidetr.train.config_checks import check_train_config
 from minidetr.train.divergence import (
     SavedCheckpoint,
@@ -64,6 +69,7 @@ class TrainConfig:
     """Everything that decides a training run besides the model's shape."""
 
     preset: str = "deformable"
+    encoder_attention: str = "softmax"  # the standard preset's encoder core (ModelConfig)
     dataset: str = "shapes"  # a built-in set's name, or a COCO-format file PATH.json
     val_dataset: str | None = None  # COCO-format validation file (default: a held-out tenth)
     images: str | None = None  # folder of the COCO files' images (default: each JSON's folder)
@@ -92,12 +98,16 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_train_config(self)
+        if self.encoder_attention != "softmax" and self.preset in PRESETS:
+            # the model config says whether this preset can take that encoder attention
+            replace(PRESETS[self.preset], encoder_attention=self.encoder_attention)
 
 
-def make_model(preset: str, num_classes: int) -> MiniDETR:
+def make_model(preset: str, num_classes: int, encoder_attention: str = "softmax") -> MiniDETR:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    return MiniDETR(replace(PRESETS[preset], num_classes=num_classes))
+    config = replace(PRESETS[preset], num_classes=num_classes, encoder_attention=encoder_attention)
+    return MiniDETR(config)
 
 
 def dataset_class(name: str) -> type:
@@ -171,7 +181,7 @@ class Run:
     def __init__(self, cfg: TrainConfig, like: Array) -> None:
         self.cfg = cfg
         self.like = like
-        self.model = make_model(cfg.preset, num_classes(cfg))
+        self.model = make_model(cfg.preset, num_classes(cfg), cfg.encoder_attention)
         self.train_set, self.val_set = make_datasets(cfg, self.model.config.image_size)
         self.criterion = make_criterion(cfg, self.model.config)
         self.params = self.model.init_params(seed=cfg.seed, like=like)
@@ -287,8 +297,13 @@ class Run:
         mine = {k: v for k, v in json.loads(json.dumps(asdict(self.cfg))).items() if k not in free}
         if saved != mine:
             diff = sorted(k for k in mine if saved.get(k) != mine[k])
-            raise ValueError(f"checkpoint {path} was made with another training config ({diff})")
-        self.model.check_params(ck.params)
+            raise CheckpointError(
+                f"checkpoint {path} was made with another training config ({diff})"
+            )
+        try:
+            self.model.check_params(ck.params)
+        except ValueError as err:
+            raise CheckpointError(f"checkpoint {path} does not fit the model: {err}") from err
         self.params, self.opt_state = ck.params, ck.opt_state
         self.step, self.history = int(ck.meta["step"]), list(ck.meta["history"])
 
