@@ -170,6 +170,7 @@ def _coco_paths(args: argparse.Namespace) -> dict[str, str | None]:
     for k, v in paths.items():
         if v is not None and (k != "dataset" or v.endswith(".json")):
             out[k] = str(Path(v).resolve())
+    args.dataset = out["dataset"]  # so that --resume compares the same absolute path
     return out
 
 

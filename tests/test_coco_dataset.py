@@ -169,3 +169,14 @@ def test_cli_bad_coco_file_is_one_line(tmp_path, capsys):
     assert len(err) == 1 and "annotation id 2" in err[0] and "Traceback" not in err[0]
     assert main(["train", "--dataset", "nope", "--out", str(tmp_path / "r2")]) == 2
     assert "COCO file PATH.json" in capsys.readouterr().err
+
+
+def test_cli_resumes_a_coco_run_given_a_relative_path(tmp_path, monkeypatch):
+    from minidetr.cli import main
+
+    write_coco(tmp_path / "data", num_images=10)
+    monkeypatch.chdir(tmp_path)
+    common = ["--dataset", "data/train.json", "--preset", "tiny", "--batch-size", "2", "--quiet"]
+    assert main(["train", *common, "--steps", "1", "--out", "run"]) == 0
+    assert main(["train", *common, "--steps", "2", "--out", "run", "--resume"]) == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 2
