@@ -8,6 +8,11 @@ when there are several, so that attention can tell a stride-8 pixel from a
 stride-32 one. Images in a batch share one size: there is no padding mask (pad
 or resize in the data pipeline).
 
+Switches for the published models: DETR's projection has no GroupNorm
+(``input_proj_norm=False``); Deformable DETR adds ``extra_levels`` coarser maps,
+each a 3x3 stride-2 convolution (+ GroupNorm) of the last backbone map or of the
+extra level before it, and encodes pixel centres (``sine_half_pixel``).
+
 Shapes: B batch, L levels, C_l channels of map l, H_l x W_l its size, S tokens, D width.
 """
 
