@@ -15,9 +15,9 @@ Two kinds of query:
   Detaching between layers (Deformable DETR, section A.4) makes each layer
   learn its own correction instead of passing gradients down the stack.
 * both given (Deformable DETR's own queries): the positional query stays the
-  learned one, the reference u_l is a 2-D point (x, y) in layer 0, which
-  corrects the box centre only, (u_x, u_y, 0, 0), and with box_refine the
-  previous layer's box after it.
+  given one; the reference u_0 is a 2-D point (x, y), which corrects the box
+  centre only, (u_x, u_y, 0, 0), or with two-stage the selected proposal's box;
+  with box_refine each later layer reads the previous layer's box.
 
 With ``final_norm`` (DETR) the heads read LN(h_l), one LayerNorm shared by all
 layers, while the next layer reads h_l itself.
