@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from minidetr.interop import detr
+import minidetr.interop.detr as detr
 from minidetr.interop.names import timm_resnet_name
 from minidetr.model.config import ModelConfig
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from minidetr.interop import deformable, detr
+import minidetr.interop.deformable as deformable
+import minidetr.interop.detr as detr
 from minidetr.model.config import ModelConfig
 
 # model_type -> (config reader, parameter reader)
