@@ -80,6 +80,7 @@ def _checkpoint_words(checkpoint: Any) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from minidetr.data.coco_json import CocoFormatError
     from minidetr.train.checkpoint import CheckpointError
     from minidetr.train.loop import Interrupted, TrainConfig, TrainingError, train
     from minidetr.train.progress import ProgressBar
@@ -96,6 +97,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "lr": args.lr,
         "encoder_attention": args.encoder_attention,
         "checkpoint_every": args.checkpoint_every,
+        **_coco_paths(args),
     }
     try:
         cfg = replace(TrainConfig(), **{k: v for k, v in overrides.items() if v is not None})
@@ -119,6 +121,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         hint = f"; resume with --resume --out {out}" if err.checkpoint else ""
         sys.stderr.write(f"minidetr: interrupted; {where}{hint}\n")
         return 130
+    except CocoFormatError as err:  # the user's COCO file, named with the entry at fault
+        raise UserError(str(err)) from err
     except CheckpointError as err:
         raise UserError(f"--resume: {err}") from err
     except OSError as err:  # the output folder filled up or went away mid-run
@@ -147,6 +151,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         return 130
     return 0
+
+
+def _coco_paths(args: argparse.Namespace) -> dict[str, str | None]:
+    """--dataset PATH.json, --val-dataset, --images as absolute paths (checked, one line if bad)."""
+    from minidetr.data import DATASETS
+
+    if args.dataset is not None and args.dataset not in DATASETS:
+        if not args.dataset.endswith(".json"):
+            raise UserError(
+                f"--dataset must be one of {sorted(DATASETS)} or a COCO file PATH.json, "
+                f"got {args.dataset!r}"
+            )
+    if (args.val_dataset or args.images) and not (args.dataset or "").endswith(".json"):
+        raise UserError("--val-dataset and --images go with --dataset PATH.json")
+    paths = {"dataset": args.dataset, "val_dataset": args.val_dataset, "images": args.images}
+    out = dict(paths)
+    for k, v in paths.items():
+        if v is not None and (k != "dataset" or v.endswith(".json")):
+            out[k] = str(Path(v).resolve())
+    args.dataset = out["dataset"]  # so that --resume compares the same absolute path
+    return out
 
 
 def _train_config_of(path: Path, cfg: Any, args: argparse.Namespace) -> Any:
@@ -295,8 +320,11 @@ def add_train_parser(sub: Any) -> None:
     add_common_options(t)
     t.add_argument("--preset", choices=sorted(PRESETS), help=f"model preset (default {d.preset})")
     t.add_argument(
-        "--dataset", choices=sorted(DATASETS), help=f"built-in dataset (default {d.dataset})"
+        "--dataset",
+        help=f"built-in dataset {sorted(DATASETS)} (default {d.dataset}) or a COCO file PATH.json",
     )
+    t.add_argument("--val-dataset", help="COCO validation file (default: a held-out tenth)")
+    t.add_argument("--images", help="folder of the COCO files' images (default: the JSON's)")
     t.add_argument(
         "--encoder-attention",
         choices=ENCODER_ATTENTIONS,
