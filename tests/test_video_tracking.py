@@ -140,3 +140,16 @@ def test_tracker_config_is_checked():
         TrackerConfig(new_score=1.5)
     with pytest.raises(ValueError, match="patience"):
         TrackerConfig(patience=-1)
+
+
+def test_tracks_gif_has_one_picture_per_frame(tmp_path):
+    from PIL import Image
+
+    from minidetr.video.tracks_gif import save_tracks_gif
+
+    clip = CLIPS[0]
+    save_tracks_gif(tmp_path / "t.gif", [clip["frames"]], [clip["targets"]], image_size=64, scale=2)
+    with Image.open(tmp_path / "t.gif") as im:
+        assert im.n_frames == 8 and im.size == (2 * 64 + 4, 2 * 64)
+    with pytest.raises(ValueError, match="one track list per clip"):
+        save_tracks_gif(tmp_path / "u.gif", [clip["frames"]], [], image_size=64)
