@@ -85,6 +85,9 @@ def _prepare_out_dir(out: Path, resume: bool, force: bool) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from minidetr.train.loop import TrainConfig, TrainingError, progress_bar, train
 
+    if args.task == "track":
+        return cmd_train_track(args)
+
     overrides = {
         "preset": args.preset,
         "dataset": args.dataset,
@@ -267,6 +270,60 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_track(args: argparse.Namespace) -> int:
+    """``train --task track``: the tracking preset (minidetr.video); --steps is the total."""
+    from dataclasses import asdict
+
+    from minidetr.train.loop import TrainingError, progress_bar
+    from minidetr.video.commands import train_tracker, write_tracks
+    from minidetr.video.track_train import TrackTrainConfig
+
+    if args.resume or args.dataset is not None:
+        raise UserError("--task track trains on moving shapes from scratch (no --dataset/--resume)")
+    cfg = TrackTrainConfig()
+    if args.steps is not None:  # keep the preset's split between detection and tracking
+        detect = round(args.steps * cfg.detect_steps / cfg.steps)
+        cfg = replace(cfg, detect_steps=detect, track_steps=args.steps - detect)
+    overrides = {"preset": args.preset, "batch_size": args.batch_size, "seed": args.seed}
+    cfg = replace(
+        cfg, lr=args.lr or cfg.lr, **{k: v for k, v in overrides.items() if v is not None}
+    )
+    out = Path(args.out) if args.out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    _prepare_out_dir(out, False, args.force)
+    print(f"minidetr: training a tracker ({cfg.detect_steps} + {cfg.track_steps} steps) into {out}")
+    t0 = time.perf_counter()
+    try:
+        tr, seconds = train_tracker(
+            cfg, out, device_like(args.device), None if args.quiet else progress_bar
+        )
+    except TrainingError as err:
+        raise UserError(f"{err}; the last good checkpoint is in {out}") from err
+    metrics = write_tracks(tr, out / "tracks", gifs=False)
+    metrics.update(training_seconds=round(seconds, 1), seconds=round(time.perf_counter() - t0, 1))
+    metrics.update(steps=tr.step, device=args.device, train_config=asdict(cfg))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print(f"minidetr: MOTA {metrics['MOTA']:.3f}  IDF1 {metrics['IDF1']:.3f}  ({seconds:.0f} s)")
+    return 0
+
+
+def cmd_track(args: argparse.Namespace) -> int:
+    """``track CHECKPOINT --out DIR``: MOT files, animations and metrics on held-out clips."""
+    from minidetr.video.commands import load_tracker, write_tracks
+
+    if args.clips is not None and args.clips < 1:
+        raise UserError(f"--clips must be at least 1, got {args.clips}")
+    try:
+        tr = load_tracker(args.checkpoint, device_like(args.device))
+    except (OSError, KeyError) as err:
+        raise UserError(f"cannot use {args.checkpoint}: {err}") from err
+    metrics = write_tracks(tr, Path(args.out), clips=args.clips)
+    print(
+        f"minidetr: MOTA {metrics['MOTA']:.3f}  IDF1 {metrics['IDF1']:.3f}  ID switches "
+        f"{metrics['ID_switches']:.0f} on {metrics['clips']} clips; wrote {args.out}/"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from minidetr.data import DATASETS
     from minidetr.model import PRESETS
@@ -293,7 +350,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--force", action="store_true", help="overwrite a run already in --out")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--task", choices=("detect", "track"), default="detect", help="detect (default) or track"
+    )
     t.set_defaults(func=cmd_train)
+
+    k = sub.add_parser("track", parents=[common], help="track held-out moving-shapes clips")
+    k.add_argument("checkpoint")
+    k.add_argument("--out", required=True, help="folder for MOT files, animations, metrics")
+    k.add_argument("--clips", type=int, help="how many held-out clips (default: all)")
+    k.set_defaults(func=cmd_track)
 
     e = sub.add_parser(
         "eval", parents=[common], help="COCO AP of a checkpoint on the held-out split"
