@@ -9,7 +9,8 @@ forward, step by step (each a call to an op pair met in the lessons):
 4. queries        learned content (Q, D) with DETR's learned positions, learned anchor boxes,
                   or the encoder's K best proposals (two-stage); denoising queries in front
 5. decoder        self-attention, cross-attention to memory, FFN; heads on every layer
-6. outputs        {"pred_logits", "pred_boxes", "aux_outputs", "dn", "enc_outputs"}
+6. outputs        SetOutputs: per decoder layer, the "main" queries, "dn" denoising
+                  queries and "enc" two-stage proposals (DETR's outputs dict via .to_dict())
 
 backward runs the same list in reverse and returns a gradient for every parameter.
 Carion et al., "End-to-End Object Detection with Transformers" (2020); Zhu et
@@ -28,7 +29,6 @@ import numpy as np
 
 from minidetr.backend import Array, Rng, asarray, namespace
 from minidetr.checks import check_dim, check_floating, check_ndim
-from minidetr.denoising import DenoisingQueries
 from minidetr.model.backbone import (
     BackboneCache,
     backbone_backward,
@@ -67,6 +67,8 @@ from minidetr.model.two_stage import (
     two_stage_backward,
     two_stage_forward,
 )
+from minidetr.outputs import DN, ENC, MAIN, Predictions, QueryGroup, SetOutputs
+from minidetr.setloss.denoising import DenoisingQueries
 
 
 def attention_kind(cfg: ModelConfig) -> AttentionKind:
@@ -185,14 +187,15 @@ class MiniDETR:
         rng: Rng | None = None,
         denoising: DenoisingQueries | None = None,
         detached: dict | None = None,
-    ) -> tuple[dict, MiniDETRCache]:
-        """DETR's ``outputs`` dict for images (B, 3, H, W), and the cache for :meth:`backward`.
+    ) -> tuple[SetOutputs, MiniDETRCache]:
+        """The predictions for images (B, 3, H, W), and the cache for :meth:`backward`.
 
-        outputs: "pred_logits" (B, Q, K), "pred_boxes" (B, Q, 4) cxcywh in (0, 1),
-        "aux_outputs" (one dict per earlier decoder layer), with two-stage
-        "enc_outputs" (the Q selected proposals), and with ``denoising`` (from
-        ``minidetr.denoising.make_denoising_queries``) "dn": the same for the Qdn
-        denoising queries plus "meta", as ``SetCriterion`` reads it. ``rng`` feeds
+        outputs (:class:`~minidetr.outputs.SetOutputs`): group "main" holds, per decoder
+        layer, logits (B, Q, K) and boxes (B, Q, 4) cxcywh in (0, 1) (``outputs.pred_logits``
+        and ``outputs.pred_boxes`` are the last layer's); two-stage models add "enc" (the Q
+        selected proposals); with ``denoising`` (from
+        ``minidetr.setloss.denoising.make_denoising_queries``) "dn" holds the same for the
+        Qdn denoising queries, with the DenoisingQueries as its ``meta``. ``rng`` feeds
         dropout when ``train`` and ``dropout > 0``. ``detached`` (an earlier
         ``cache.detached``) holds the detached values fixed, so that the outputs are a
         smooth function of the parameters (for gradient checks), as the criterion's
@@ -210,7 +213,7 @@ class MiniDETR:
         memory, enc = encoder_forward(params, src, pos, layout, self.kind, cfg, ctx)  # (B, L, D)
 
         b, q, d = images.shape[0], cfg.num_queries, cfg.d_model
-        outputs: dict = {}
+        groups: dict = {}
         tgt = xp.broadcast_to(params["query.content"][None, ...], (b, q, d))  # (B, Q, D)
         ref_unsig = query_pos = ts = None
         if cfg.two_stage:
@@ -225,7 +228,7 @@ class MiniDETR:
                 cfg,
                 None if detached is None else detached["two_stage"],
             )  # ref_unsig (B, Q, 4), a constant
-            outputs["enc_outputs"] = {"pred_logits": enc_logits, "pred_boxes": enc_boxes}
+            groups[ENC] = QueryGroup((Predictions(enc_logits, enc_boxes),))
         elif cfg.anchor_queries:
             ref_unsig = xp.broadcast_to(params["query.anchors"][None, ...], (b, q, 4))
         else:
@@ -255,16 +258,13 @@ class MiniDETR:
             ctx,
             None if detached is None else detached["refined"],
         )
-        main = [{"pred_logits": lg[:, qdn:, :], "pred_boxes": bx[:, qdn:, :]} for lg, bx in layers]
-        outputs.update(main[-1])
-        outputs["aux_outputs"] = main[:-1]
+        main = tuple(Predictions(lg[:, qdn:, :], bx[:, qdn:, :]) for lg, bx in layers)
+        groups = {MAIN: QueryGroup(main), **groups}
         if denoising is not None:
-            dn = [
-                {"pred_logits": lg[:, :qdn, :], "pred_boxes": bx[:, :qdn, :]} for lg, bx in layers
-            ]
-            outputs["dn"] = {**dn[-1], "aux_outputs": dn[:-1], "meta": denoising}
+            dn = tuple(Predictions(lg[:, :qdn, :], bx[:, :qdn, :]) for lg, bx in layers)
+            groups[DN] = QueryGroup(dn, denoising)
         cache = MiniDETRCache(bb, tk, enc, ts, emb, dec, qdn)
-        return outputs, cache
+        return SetOutputs(groups), cache
 
     def _check_denoising(self, dn: Any, batch: int) -> None:
         if not isinstance(dn, DenoisingQueries):
@@ -283,15 +283,18 @@ class MiniDETR:
 
     # ------------------------------------------------------------------ backward
 
-    def backward(self, output_grads: dict, cache: MiniDETRCache) -> dict:
+    def backward(self, output_grads: SetOutputs | dict, cache: MiniDETRCache) -> dict:
         """dLoss/dparams for every parameter (same keys and shapes as ``params``).
 
-        output_grads mirrors ``outputs``: "pred_logits", "pred_boxes",
-        "aux_outputs", "dn", "enc_outputs"; an entry that is missing or None is a
-        zero gradient (a loss that does not read it).
+        output_grads mirrors ``outputs`` (SetOutputs, e.g. ``SetCriterion.backward``'s, or
+        DETR's dict); a group, layer or array that is missing or None is a zero gradient
+        (a loss that does not read it).
         """
-        if not isinstance(output_grads, dict):
-            raise TypeError(f"output_grads must be a dict, got {type(output_grads).__name__}")
+        if not isinstance(output_grads, (SetOutputs, dict)):
+            raise TypeError(
+                f"output_grads must be SetOutputs or a dict, got {type(output_grads).__name__}"
+            )
+        output_grads = SetOutputs.from_dict(output_grads)
         cfg = self.config
         grads: dict = {}
         doutputs = self._layer_grads(output_grads, cache)
@@ -303,10 +306,9 @@ class MiniDETR:
             accumulate(grads, "query.label_embed", dtable)
         accumulate(grads, "query.content", xp.sum(dtgt[:, qdn:, :], axis=0))
         if cache.two_stage is not None:
-            enc = output_grads.get("enc_outputs") or {}
-            dmem = two_stage_backward(
-                enc.get("pred_logits"), enc.get("pred_boxes"), cache.two_stage, grads
-            )
+            enc = output_grads.group(ENC)
+            denc = Predictions(None, None) if enc is None else enc.layers[-1]
+            dmem = two_stage_backward(denc.logits, denc.boxes, cache.two_stage, grads)
             dmemory = dmemory if dmem is None else dmemory + dmem
         elif cfg.anchor_queries:
             accumulate(grads, "query.anchors", xp.sum(dref[:, qdn:, :], axis=0))
@@ -323,43 +325,53 @@ class MiniDETR:
             for k, s in self.param_shapes.items()
         }
 
-    def _layer_grads(self, output_grads: dict, cache: MiniDETRCache) -> list[tuple]:
+    def _layer_grads(self, output_grads: SetOutputs, cache: MiniDETRCache) -> list[tuple]:
         """(dlogits, dboxes) per decoder layer over all Qdn + Q queries, zeros where absent."""
         steps = cache.decoder.steps
         n = len(steps)
-        main = self._per_layer(output_grads, n, "output_grads")
-        dn = self._per_layer(output_grads.get("dn") or {}, n, "output_grads['dn']")
+        main = _per_layer(output_grads.group(MAIN), n, "main")
+        dn = _per_layer(output_grads.group(DN), n, "dn")
         out = []
         for i, step in enumerate(steps):
-            logits_shape = tuple(step.heads.cls.x.shape[:2]) + (self.config.num_logits,)
             like = step.heads.cls.x
             xp = namespace(like)
+            b, nq = like.shape[0], like.shape[1]
             pair = []
-            for j, width in enumerate((logits_shape[2], 4)):
-                b, nq = logits_shape[0], logits_shape[1]
-                parts = [(dn[i][j], cache.num_dn), (main[i][j], nq - cache.num_dn)]
+            k = self.config.num_logits
+            for width, g_dn, g_main in (
+                (k, dn[i].logits, main[i].logits),
+                (4, dn[i].boxes, main[i].boxes),
+            ):
                 blocks = []
-                for g, count in parts:
+                for name, g, count in (
+                    ("dn", g_dn, cache.num_dn),
+                    ("main", g_main, nq - cache.num_dn),
+                ):
                     if count == 0:
                         continue
                     if g is None:
                         g = xp.zeros((b, count, width), dtype=like.dtype, device=like.device)
                     elif tuple(g.shape) != (b, count, width):
                         raise ValueError(
-                            f"a gradient of decoder layer {i} must have shape {(b, count, width)}, "
-                            f"got {tuple(g.shape)}"
+                            f"the {name} gradient of decoder layer {i} must have shape "
+                            f"{(b, count, width)}, got {tuple(g.shape)}"
                         )
                     blocks.append(g)
                 pair.append(blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=1))
             out.append(tuple(pair))
         return out
 
-    @staticmethod
-    def _per_layer(d: dict, n: int, where: str) -> list[tuple]:
-        """[(dlogits, dboxes)] for layers 0..n-1 from a DETR-style dict (last = top level)."""
-        aux = d.get("aux_outputs") or []
-        if len(aux) not in (0, n - 1):
-            raise ValueError(f"{where}['aux_outputs'] must hold {n - 1} layers, got {len(aux)}")
-        layers = list(aux) if aux else [{}] * (n - 1)
-        layers.append(d)
-        return [(a.get("pred_logits"), a.get("pred_boxes")) for a in layers]
+
+def _per_layer(group: QueryGroup | None, n: int, name: str) -> list[Predictions]:
+    """A group's n per-layer gradients; a group given for its last layer only is padded."""
+    if group is None:
+        return [Predictions(None, None)] * n
+    layers = list(group.layers)
+    if len(layers) == 1:
+        layers = [Predictions(None, None)] * (n - 1) + layers
+    if len(layers) != n:
+        raise ValueError(
+            f"output_grads group {name!r} must hold {n} decoder layers (or the last), "
+            f"got {len(layers)}"
+        )
+    return layers
