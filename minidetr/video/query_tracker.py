@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from minidetr.backend import Array, asarray, to_numpy
+from minidetr.outputs import DN
 from minidetr.video.association import IoUTracker, TrackerConfig, iou_links, query_detections
 from minidetr.video.track_queries import decoder_queries, make_track_queries
 
@@ -112,12 +113,10 @@ def track_clips(
             else decoder_queries(tq, model.config.num_queries, like)
         )
         outputs, _ = model.forward(params, images, train=False, denoising=dn)
-        logits, boxes = to_numpy(outputs["pred_logits"]), to_numpy(outputs["pred_boxes"])
+        logits, boxes = to_numpy(outputs.pred_logits), to_numpy(outputs.pred_boxes)
         if dn is not None:
-            t_logits, t_boxes = (
-                to_numpy(outputs["dn"]["pred_logits"]),
-                to_numpy(outputs["dn"]["pred_boxes"]),
-            )
+            last = outputs.group(DN).layers[-1]
+            t_logits, t_boxes = to_numpy(last.logits), to_numpy(last.boxes)
         for i in range(b):
             scores, labels = query_detections(logits[i], focal)
             box = boxes[i].astype(np.float64)

@@ -26,7 +26,8 @@ from typing import NamedTuple
 import numpy as np
 
 from minidetr.backend import Array, asarray, namespace
-from minidetr.denoising import PADDING_BOX, DenoisingQueries
+from minidetr.outputs import DN, MAIN, QueryGroup, SetOutputs
+from minidetr.setloss.denoising import PADDING_BOX, DenoisingQueries
 
 
 class TrackQueries(NamedTuple):
@@ -72,25 +73,27 @@ def decoder_queries(track: TrackQueries, num_queries: int, like: Array) -> Denoi
     return DenoisingQueries(
         labels=asarray(track.labels, like=like, dtype=xp.int64),
         boxes=asarray(track.boxes, like=like),
-        target_index=asarray(np.full((b, qt), -1), like=like, dtype=xp.int64),
-        positive=asarray(track.valid, like=like),
-        valid=asarray(track.valid, like=like),
         attn_mask=asarray(allowed, like=like),
         num_groups=1,
-        group_size=qt,
         num_queries=num_queries,
         contrastive=False,
     )
 
 
-def split_outputs(outputs: dict) -> tuple[dict, dict | None]:
-    """DETR's outputs of a forward with track queries -> (object queries' outputs, the track
-    queries' outputs in the same form: "pred_logits", "pred_boxes", "aux_outputs")."""
-    main = {k: v for k, v in outputs.items() if k != "dn"}
-    dn = outputs.get("dn")
-    if dn is None:
-        return main, None
-    return main, {k: dn[k] for k in ("pred_logits", "pred_boxes", "aux_outputs")}
+def split_outputs(outputs: SetOutputs) -> tuple[SetOutputs, SetOutputs | None]:
+    """The outputs of a forward with track queries -> (the object queries' groups, the track
+    queries' layers as a group of their own, "main" so that a criterion matches them)."""
+    main = SetOutputs({k: g for k, g in outputs if k != DN})
+    track = outputs.group(DN)
+    return main, None if track is None else SetOutputs({MAIN: QueryGroup(track.layers)})
+
+
+def merge_grads(main: SetOutputs, track: SetOutputs | None) -> SetOutputs:
+    """Gradients of :func:`split_outputs`'s two parts, back in the model's layout."""
+    groups = dict(main.groups)
+    if track is not None:
+        groups[DN] = QueryGroup(track.groups[MAIN].layers)
+    return SetOutputs(groups)
 
 
 class IdentityMatcher:

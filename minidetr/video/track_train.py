@@ -29,7 +29,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from minidetr.backend import Array, Rng, asarray, namespace, to_numpy
-from minidetr.criterion import SetCriterion
+from minidetr.outputs import MAIN, Predictions, QueryGroup, SetOutputs
+from minidetr.setloss import SetCriterion
 from minidetr.train.loop import Run, TrainConfig, TrainingError, _is_backbone
 from minidetr.train.optim import adamw_step, clip_grad_norm, learning_rate
 from minidetr.video.association import assign_track_queries
@@ -39,6 +40,7 @@ from minidetr.video.track_queries import (
     IdentityMatcher,
     decoder_queries,
     make_track_queries,
+    merge_grads,
     split_outputs,
 )
 
@@ -107,10 +109,10 @@ class TrackRun:
         run, c = self.run, self.run.model.config.num_classes
         targets_t = [{"labels": p[1]["labels"], "boxes": p[1]["boxes"]} for p in pairs]
         indices = run.criterion.matcher(
-            {"pred_logits": outputs["pred_logits"], "pred_boxes": outputs["pred_boxes"]},
+            {"pred_logits": outputs.pred_logits, "pred_boxes": outputs.pred_boxes},
             [{k: asarray(v, like=self.like) for k, v in t.items()} for t in targets_t],
         )
-        boxes = to_numpy(outputs["pred_boxes"]).astype(np.float64)
+        boxes = to_numpy(outputs.pred_boxes).astype(np.float64)
         per_clip = []
         for i, ((_, tgt_t, _, _), (q_idx, t_idx)) in enumerate(zip(pairs, indices)):
             q_idx, t_idx = np.asarray(q_idx), np.asarray(t_idx)
@@ -139,59 +141,68 @@ class TrackRun:
         tq = self._track_queries(gen, pairs, prev)
         images_u = asarray(np.stack([p[2] for p in pairs]), like=like, dtype=like.dtype)
         dn = decoder_queries(tq, model.config.num_queries, like) if tq.count else None
+        targets, untracked, query_target = self._targets(pairs, tq)
         try:
             outputs, cache = model.forward(
                 run.params, images_u, train=True, rng=Rng(gen), denoising=dn
             )
             main, track = split_outputs(outputs)
-            targets, untracked, query_target = [], [], []
-            for i, (_, _, _, tgt) in enumerate(pairs):
-                qt, free = assign_track_queries(tq.ids[i][tq.valid[i]], tgt["track_ids"])
-                query_target.append(np.concatenate([qt, -np.ones(tq.count - len(qt), np.int64)]))
-                full = {k: asarray(tgt[k], like=like) for k in ("labels", "boxes")}
-                targets.append(full)
-                untracked.append({k: asarray(tgt[k][free], like=like) for k in ("labels", "boxes")})
-            losses, c_main = run.criterion.forward(main, untracked)
-            grads_out = run.criterion.backward(c_main)
-            loss = float(losses["loss"])
-            if track is not None:
-                track_crit = _with_matcher(
-                    run.criterion, IdentityMatcher(query_target, focal=model.config.focal)
-                )
+            losses, c_main = run.criterion.forward(main, untracked)  # Hungarian: the rest
+            loss, dtrack = float(losses["loss"]), None
+            if track is not None:  # track queries: fixed by identity
+                matcher = IdentityMatcher(query_target, focal=model.config.focal)
+                track_crit = _with_matcher(run.criterion, matcher)
                 t_losses, c_track = track_crit.forward(track, targets)
-                grads_out["dn"] = track_crit.backward(c_track)
-                loss += float(t_losses["loss"])
+                loss, dtrack = loss + float(t_losses["loss"]), track_crit.backward(c_track)
                 if cfg.consistency_weight > 0:
-                    loss += self._consistency(prev, pairs, tq, query_target, track, grads_out["dn"])
+                    value, dtrack = self._consistency(pairs, tq, query_target, track, dtrack)
+                    loss += value
         except ValueError as err:
             raise TrainingError(f"step {run.step}: {err}") from err
         if not math.isfinite(loss):
             raise TrainingError(f"step {run.step}: the loss is {loss}")
+        grads_out = merge_grads(run.criterion.backward(c_main), dtrack)
         return self._apply(model.backward(grads_out, cache), loss)
 
-    def _consistency(self, prev, pairs, tq, query_target, track, dtrack) -> float:
-        """w * velocity consistency of each kept track's box, t (detached) -> t + 1."""
-        xp_boxes = track["pred_boxes"]  # (B, Qt, 4)
+    def _targets(self, pairs: list, tq) -> tuple[list, list, list]:
+        """Frame t + 1's targets, those no track query holds, and each track query's target."""
+        targets, untracked, query_target = [], [], []
+        for i, (_, _, _, tgt) in enumerate(pairs):
+            qt, free = assign_track_queries(tq.ids[i][tq.valid[i]], tgt["track_ids"])
+            query_target.append(np.concatenate([qt, -np.ones(tq.count - len(qt), np.int64)]))
+            targets.append({k: asarray(tgt[k], like=self.like) for k in ("labels", "boxes")})
+            untracked.append(
+                {k: asarray(tgt[k][free], like=self.like) for k in ("labels", "boxes")}
+            )
+        return targets, untracked, query_target
+
+    def _consistency(
+        self, pairs: list, tq, query_target: list, track: SetOutputs, dtrack: SetOutputs
+    ) -> tuple[float, SetOutputs]:
+        """w * velocity consistency of each kept track's box, t (detached) -> t + 1, and the
+        track gradients with its gradient added to the last layer's boxes."""
+        boxes = track.pred_boxes  # (B, Qt, 4)
         b, qt = tq.labels.shape
-        pred_t = asarray(tq.boxes, like=xp_boxes, dtype=xp_boxes.dtype)  # (B, Qt, 4)
         gt_t, gt_u, valid = np.zeros((b, qt, 4)), np.zeros((b, qt, 4)), np.zeros((b, qt), bool)
         for i, (_, tgt_t, _, tgt_u) in enumerate(pairs):
             for j in np.flatnonzero(query_target[i] >= 0):
                 gt_u[i, j] = tgt_u["boxes"][query_target[i][j]]
                 gt_t[i, j] = tgt_t["boxes"][list(tgt_t["track_ids"]).index(tq.ids[i, j])]
                 valid[i, j] = True
-        like = xp_boxes
-        pred = _stack2(pred_t, xp_boxes)  # (2, B Qt, 4)
-        target = _stack2(
-            asarray(gt_t, like=like, dtype=like.dtype), asarray(gt_u, like=like, dtype=like.dtype)
-        )
-        ok = asarray(np.stack([valid.reshape(-1)] * 2), like=like)
-        value, cache = velocity_consistency_forward(pred, target, ok)
-        dpred = velocity_consistency_backward(self.cfg.consistency_weight, cache)[1]  # frame t + 1
-        d = dtrack.get("pred_boxes")
-        dpred = namespace(dpred).reshape(dpred, (b, qt, 4))
-        dtrack["pred_boxes"] = dpred if d is None else d + dpred
-        return self.cfg.consistency_weight * float(value)
+        host = np.stack([tq.boxes.reshape(-1, 4), np.zeros((b * qt, 4))])  # frame t, detached
+        xp = namespace(boxes)
+        pred = asarray(host, like=boxes, dtype=boxes.dtype) + xp.stack(
+            [xp.zeros_like(xp.reshape(boxes, (-1, 4))), xp.reshape(boxes, (-1, 4))]
+        )  # (2, B Qt, 4)
+        target = asarray(np.stack([gt_t.reshape(-1, 4), gt_u.reshape(-1, 4)]), like=boxes)
+        ok = asarray(np.stack([valid.reshape(-1)] * 2), like=boxes)
+        value, cache = velocity_consistency_forward(pred, xp.astype(target, boxes.dtype), ok)
+        w = self.cfg.consistency_weight
+        dpred = xp.reshape(velocity_consistency_backward(w, cache)[1], (b, qt, 4))  # frame t + 1
+        layers = list(dtrack.groups[MAIN].layers)
+        last = layers[-1]
+        layers[-1] = Predictions(last.logits, dpred if last.boxes is None else last.boxes + dpred)
+        return w * float(value), SetOutputs({MAIN: QueryGroup(tuple(layers))})
 
     def _apply(self, grads: dict, loss: float) -> dict[str, float]:
         run, cfg = self.run, self.run.cfg
@@ -212,11 +223,6 @@ class TrackRun:
     def evaluate_detection(self) -> dict[str, float]:
         """COCO AP of the object queries on every held-out frame, one frame at a time."""
         return self.run.evaluate()
-
-
-def _stack2(a: Array, b: Array) -> Array:
-    xp = namespace(a, b)
-    return xp.stack([xp.reshape(a, (-1, 4)), xp.reshape(b, (-1, 4))])  # (2, B Qt, 4)
 
 
 def _with_matcher(criterion: SetCriterion, matcher: IdentityMatcher) -> SetCriterion:
