@@ -1,19 +1,21 @@
 """What tracking by query buys over per-frame detection + IoU association, at equal steps.
 
-Run:  python benchmarks/bench_tracking.py detect --out DIR [--steps 1000]
-      python benchmarks/bench_tracking.py variant NAME --out DIR [--steps 400]
+Run:  python benchmarks/bench_tracking.py detect --out DIR
+      python benchmarks/bench_tracking.py variant NAME --out DIR      (one process per NAME)
       python benchmarks/bench_tracking.py report --out DIR
 
-``detect`` trains the tracking preset's detection stage (single frames) and saves it as
-``DIR/detect/checkpoint.npz``. ``variant`` continues from that checkpoint for ``--steps`` more
-steps, one of:
+``detect`` trains the default tracking preset's detection stage (``detect_steps`` steps on
+single frames), saves it as ``DIR/detect/checkpoint.npz`` and scores the IoU baseline there.
+``variant`` continues from it to the preset's total step count as one of:
 
-* ``baseline``: more detection steps, then per-frame detection + IoU association;
-* ``track_queries``: frame-pair training with track queries (TrackFormer's recipe);
+* ``baseline``: detection steps all the way, then per-frame detection + IoU association;
+* ``track_queries``: the default preset itself, frame-pair training with track queries
+  (the same numbers as ``minidetr train --task track``: same config, same seed);
 * ``track_queries_consistency``: the same plus the velocity consistency loss (weight 1);
 
-so every variant has had the same number of steps, and tracks the held-out clips into
-``DIR/<variant>/metrics.json``. ``report`` prints the table. Each process runs one thread.
+so every variant has had the same number of steps under the same learning-rate schedule,
+and tracks the held-out clips into ``DIR/<variant>/metrics.json``. ``report`` prints the
+table. Each process runs one thread.
 """
 
 from __future__ import annotations
@@ -30,47 +32,56 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from minidetr.train.checkpoint import load_checkpoint
-from minidetr.video.commands import train_tracker, write_tracks
+from minidetr.video.commands import write_tracks
 from minidetr.video.track_train import TrackRun, TrackTrainConfig
 
 VARIANTS = {
-    "baseline": {"track_steps": 0},
+    "baseline": {},
     "track_queries": {},
     "track_queries_consistency": {"consistency_weight": 1.0},
 }
 
 
-def detect(out: Path, steps: int) -> None:
-    cfg = TrackTrainConfig(detect_steps=steps, track_steps=0)
-    tr, seconds = train_tracker(cfg, out / "detect", np.zeros(1, np.float32))
-    metrics = write_tracks(tr, out / "detect" / "tracks", gifs=False, track_queries=False)
-    metrics.update(training_seconds=round(seconds, 1), load=os.getloadavg()[0])
-    (out / "detect" / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(json.dumps({k: metrics[k] for k in ("MOTA", "IDF1", "AP50_per_frame")}), seconds)
-
-
-def variant(out: Path, name: str, steps: int) -> None:
+def _continue(cfg: TrackTrainConfig, out: Path, until: int, resume: bool) -> tuple[TrackRun, float]:
+    """Train ``cfg`` up to step ``until``, from scratch or (``resume``) from ``DIR/detect``."""
     like = np.zeros(1, np.float32)
-    ck = load_checkpoint(out / "detect" / "checkpoint.npz", like=like)
-    detect_steps = int(ck.meta["step"])
-    extra = dict(VARIANTS[name])
-    if extra.get("track_steps") == 0:  # the baseline keeps detecting for the same steps
-        cfg = TrackTrainConfig(detect_steps=detect_steps + steps, track_steps=0)
-    else:
-        cfg = replace(TrackTrainConfig(detect_steps=detect_steps, track_steps=steps), **extra)
     tr = TrackRun(cfg, like)
-    tr.run.params, tr.run.opt_state, tr.run.step = ck.params, ck.opt_state, detect_steps
+    if resume:
+        ck = load_checkpoint(out / "detect" / "checkpoint.npz", like=like)
+        tr.run.params, tr.run.opt_state = ck.params, ck.opt_state
+        tr.run.step, tr.run.history = int(ck.meta["step"]), list(ck.meta["history"])
     start = time.perf_counter()
-    while tr.step < cfg.steps:
+    while tr.step < until:
         tr.train_step()
-    seconds = time.perf_counter() - start
-    folder = out / name
+    return tr, time.perf_counter() - start
+
+
+def _finish(tr: TrackRun, folder: Path, seconds: float, track_queries: bool | None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tr.save(folder / "checkpoint.npz")
-    metrics = write_tracks(tr, folder / "tracks", gifs=False)
-    metrics.update(training_seconds=round(seconds, 1), extra_steps=steps, load=os.getloadavg()[0])
+    metrics = write_tracks(tr, folder / "tracks", gifs=False, track_queries=track_queries)
+    metrics.update(training_seconds=round(seconds, 1), load=round(os.getloadavg()[0], 2))
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(name, json.dumps({k: metrics[k] for k in ("MOTA", "IDF1", "ID_switches")}), seconds)
+    print(folder.name, json.dumps({k: metrics[k] for k in ("MOTA", "IDF1", "ID_switches")}))
+
+
+def detect(out: Path) -> None:
+    """The default preset's detection stage: the first ``detect_steps`` steps of every variant
+    (same config, same seed, so the same numbers), scored with the IoU baseline there."""
+    cfg = TrackTrainConfig()
+    tr, seconds = _continue(cfg, out, cfg.detect_steps, resume=False)
+    _finish(tr, out / "detect", seconds, track_queries=False)
+
+
+def variant(out: Path, name: str) -> None:
+    """Continue the detection stage to the default preset's total steps as ``name``."""
+    default = TrackTrainConfig()
+    if name == "baseline":  # keeps detecting: same total steps, same schedule
+        cfg = replace(default, detect_steps=default.steps, track_steps=0)
+    else:
+        cfg = replace(default, **VARIANTS[name])
+    tr, seconds = _continue(cfg, out, default.steps, resume=True)
+    _finish(tr, out / name, seconds, track_queries=name != "baseline")
 
 
 def report(out: Path) -> None:
@@ -92,17 +103,16 @@ def main() -> None:
     parser.add_argument("stage", choices=("detect", "variant", "report"))
     parser.add_argument("name", nargs="?", choices=sorted(VARIANTS))
     parser.add_argument("--out", required=True)
-    parser.add_argument("--steps", type=int)
     args = parser.parse_args()
     threadpool_limits(1)
     numba.set_num_threads(1)
     out = Path(args.out)
     if args.stage == "detect":
-        detect(out, args.steps or TrackTrainConfig().detect_steps)
+        detect(out)
     elif args.stage == "variant":
         if args.name is None:
             parser.error("variant needs a NAME")
-        variant(out, args.name, args.steps or TrackTrainConfig().track_steps)
+        variant(out, args.name)
     else:
         report(out)
 
