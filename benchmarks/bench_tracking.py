@@ -52,7 +52,10 @@ def _continue(cfg: TrackTrainConfig, out: Path, until: int, resume: bool) -> tup
         tr.run.step, tr.run.history = int(ck.meta["step"]), list(ck.meta["history"])
     start = time.perf_counter()
     while tr.step < until:
-        tr.train_step()
+        record = tr.train_step()
+        if tr.step % 50 == 0:
+            elapsed = time.perf_counter() - start
+            print(f"step {tr.step} loss {record['loss']:.3f} {elapsed:.0f} s", flush=True)
     return tr, time.perf_counter() - start
 
 
