@@ -32,7 +32,9 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from minidetr.train.checkpoint import load_checkpoint
-from minidetr.video.commands import write_tracks
+from minidetr.video.association import TrackerConfig
+from minidetr.video.commands import load_tracker, write_tracks
+from minidetr.video.frames import MovingShapesFrames
 from minidetr.video.track_train import TrackRun, TrackTrainConfig
 
 VARIANTS = {
@@ -87,6 +89,26 @@ def variant(out: Path, name: str) -> None:
     _finish(tr, out / name, seconds, track_queries=name != "baseline")
 
 
+def sweep(out: Path, name: str) -> None:
+    """Score ``DIR/<name>``'s checkpoint on 32 clips of the training split that training never
+    drew (indices past ``train_clips``) for a grid of start / keep thresholds, to choose the
+    tracker's defaults without looking at the held-out clips."""
+    tr = load_tracker(out / name / "checkpoint.npz", np.zeros(1, np.float32))
+    c = tr.cfg
+    size = tr.run.model.config.image_size
+    unseen = MovingShapesFrames("train", c.train_clips + 32, c.frames, size, c.seed)
+    use_tq = name != "baseline" and name != "detect"
+    print(f"{name}: new_score keep_score -> MOTA IDF1 (unseen training-split clips)")
+    for new in (0.3, 0.4, 0.5):
+        for keep in (0.2, 0.3):
+            cfg = TrackerConfig(new_score=new, keep_score=keep)
+            m = write_tracks(
+                tr, out / "sweep" / name, track_queries=use_tq, tracker=cfg, gifs=False,
+                dataset=unseen, first_clip=c.train_clips,
+            )  # fmt: skip
+            print(f"{new} {keep} -> {m['MOTA']:.3f} {m['IDF1']:.3f}", flush=True)
+
+
 def report(out: Path) -> None:
     print("| variant | steps | MOTA | IDF1 | ID switches | false positives | misses | AP50 |")
     print("|---|---|---|---|---|---|---|---|")
@@ -103,8 +125,8 @@ def report(out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("stage", choices=("detect", "variant", "report"))
-    parser.add_argument("name", nargs="?", choices=sorted(VARIANTS))
+    parser.add_argument("stage", choices=("detect", "variant", "sweep", "report"))
+    parser.add_argument("name", nargs="?", choices=sorted({*VARIANTS, "detect"}))
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     threadpool_limits(1)
@@ -116,6 +138,8 @@ def main() -> None:
         if args.name is None:
             parser.error("variant needs a NAME")
         variant(out, args.name)
+    elif args.stage == "sweep":
+        sweep(out, args.name or "detect")
     else:
         report(out)
 

@@ -20,6 +20,7 @@ from typing import Any
 from minidetr.backend import Array
 from minidetr.train.checkpoint import load_checkpoint
 from minidetr.video.association import TrackerConfig
+from minidetr.video.frames import MovingShapesFrames
 from minidetr.video.mot import accumulate, mot_metrics, read_mot, to_mot_rows, write_mot
 from minidetr.video.query_tracker import track_clips
 from minidetr.video.track_train import TrackRun, TrackTrainConfig
@@ -82,14 +83,18 @@ def write_tracks(
     tracker: TrackerConfig | None = None,
     batch: int = 8,
     gifs: bool = True,
+    dataset: MovingShapesFrames | None = None,
+    first_clip: int = 0,
 ) -> dict[str, Any]:
     """Track the held-out clips, write the MOT files and pictures, return (and write) metrics.
 
     ``track_queries`` defaults to whether the checkpoint was trained with them (track_steps >
-    0); False is the baseline, per-frame detection plus IoU association.
+    0); False is the baseline, per-frame detection plus IoU association. ``dataset`` and
+    ``first_clip`` track other clips than the held-out split's (e.g. unseen clips of the
+    training split, to choose the tracker's thresholds); per-frame AP is then left out.
     """
-    val = tr.run.val_set
-    n = len(val.clips) if clips is None else min(clips, len(val.clips))
+    val = tr.run.val_set if dataset is None else dataset
+    n = len(val.clips) - first_clip if clips is None else min(clips, len(val.clips) - first_clip)
     if n < 1:
         raise ValueError(f"clips must be at least 1, got {clips}")
     use_tq = tr.cfg.track_steps > 0 if track_queries is None else track_queries
@@ -97,8 +102,8 @@ def write_tracks(
     size = val.image_size
     start = time.perf_counter()
     accs, names = [], []
-    for first in range(0, n, batch):
-        ids = list(range(first, min(first + batch, n)))
+    for first in range(first_clip, first_clip + n, batch):
+        ids = list(range(first, min(first + batch, first_clip + n)))
         frames = [val.clip(i)["frames"] for i in ids]
         results = track_clips(
             tr.run.model, tr.run.params, frames, tr.like, tracker, track_queries=use_tq
@@ -117,11 +122,11 @@ def write_tracks(
     seconds = time.perf_counter() - start
     summary = mot_metrics(accs, names)
     overall = {REPORTED[k]: _finite(v) for k, v in summary["overall"].items() if k in REPORTED}
-    det = tr.evaluate_detection()
+    det = tr.evaluate_detection() if dataset is None else {"AP50": math.nan, "AP": math.nan}
     metrics = {
         **overall,
-        "AP50_per_frame": round(det["AP50"], 4),
-        "AP_per_frame": round(det["AP"], 4),
+        "AP50_per_frame": _finite(det["AP50"]),
+        "AP_per_frame": _finite(det["AP"]),
         "clips": n,
         "frames_per_clip": val.frames,
         "tracker": "track queries" if use_tq else "per-frame detection + IoU association",
