@@ -138,3 +138,14 @@ def test_track_command_refuses_a_detection_checkpoint(tmp_path, capsys, trained)
     tr.run.save(tmp_path / "det.npz")  # a still-image checkpoint: no tracking config
     assert main(["track", str(tmp_path / "det.npz"), "--out", str(tmp_path / "t")]) == 2
     assert "not a tracking checkpoint" in capsys.readouterr().err
+
+
+def test_write_tracks_on_other_clips_leaves_ap_out(trained, tmp_path):
+    from minidetr.video.commands import write_tracks
+
+    tr, _ = trained
+    m = write_tracks(tr, tmp_path, clips=1, dataset=tr.run.train_set, first_clip=7, gifs=False)
+    assert m["clips"] == 1 and m["AP50_per_frame"] is None
+    assert (tmp_path / "clip007" / "pred.txt").exists()
+    with pytest.raises(ValueError, match="clips"):
+        write_tracks(tr, tmp_path, dataset=tr.run.train_set, first_clip=8)
