@@ -2,12 +2,12 @@
 
 forward, step by step (each a call to an op pair met in the lessons):
 
-1. backbone       conv2d + groupnorm + relu, stride 2 per stage    -> S maps (B, C_l, H_l, W_l)
+1. backbone       conv2d + groupnorm + relu, stride 2 per stage    -> L maps (B, C_l, H_l, W_l)
 2. tokens         1x1 conv2d + groupnorm, flatten; sine positions (+ level embedding)
-                                                                    -> src (B, L, D), pos (1, L, D)
-3. encoder        self-attention (dense or deformable) + FFN, post-norm   -> memory (B, L, D)
+                                                                    -> src (B, S, D), pos (1, S, D)
+3. encoder        self-attention (dense or deformable) + FFN, post-norm   -> memory (B, S, D)
 4. queries        learned content (Q, D) with DETR's learned positions, learned anchor boxes,
-                  or the encoder's K best proposals (two-stage); denoising queries in front
+                  or the encoder's Q best proposals (two-stage); denoising queries in front
 5. decoder        self-attention, cross-attention to memory, FFN; heads on every layer
 6. outputs        SetOutputs: per decoder layer, the "main" queries, "dn" denoising
                   queries and "enc" two-stage proposals (DETR's outputs dict via .to_dict())
@@ -18,7 +18,7 @@ al., "Deformable DETR" (2021); Liu et al., "DAB-DETR" (2022); Li et al., "DN-DET
 (2022); Zhang et al., "DINO" (2023).
 
 Shapes: B batch, 3 x H x W images, Q matching queries, Qdn denoising queries,
-L memory tokens, D width, K logits (C + 1, or C with focal loss).
+S memory tokens, L levels, D width, K logits (C + 1, or C with focal loss).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from minidetr.backend import Array, Rng, asarray, namespace
-from minidetr.checks import check_dim, check_floating, check_ndim
+from minidetr.checks import check_dim, check_finite, check_floating, check_ndim
+from minidetr.model.attention_kind import STANDARD, AttentionKind
 from minidetr.model.backbone import (
     BackboneCache,
     backbone_backward,
@@ -36,15 +37,15 @@ from minidetr.model.backbone import (
     init_backbone,
 )
 from minidetr.model.config import ModelConfig
-from minidetr.model.decoder import DecoderCache, decoder_backward, decoder_forward
-from minidetr.model.heads import init_heads
-from minidetr.model.params import accumulate, add_mlp, check_params
-from minidetr.model.queries import (
-    EmbeddingCache,
-    embedding_backward,
-    embedding_forward,
-    inverse_sigmoid,
-)
+from minidetr.model.decoder import DecoderCache, Queries, decoder_backward, decoder_forward
+from minidetr.model.decoder_layer import init_decoder_layers
+from minidetr.model.deformable_transformer import DEFORMABLE
+from minidetr.model.encoder import encoder_backward, encoder_forward, init_encoder
+from minidetr.model.heads import init_decoder_heads
+from minidetr.model.memory import Memory
+from minidetr.model.params import accumulate, check_params
+from minidetr.model.queries import init_queries
+from minidetr.model.sublayers import RunContext
 from minidetr.model.tokens import (
     TokensCache,
     init_tokens,
@@ -52,32 +53,21 @@ from minidetr.model.tokens import (
     tokens_backward,
     tokens_forward,
 )
-from minidetr.model.transformer import (
-    STANDARD,
-    AttentionKind,
-    RunContext,
-    encoder_backward,
-    encoder_forward,
-    init_decoder_layers,
-    init_encoder,
-)
 from minidetr.model.two_stage import (
     TwoStageCache,
     init_two_stage,
     two_stage_backward,
     two_stage_forward,
 )
+from minidetr.ops import embedding_backward, embedding_forward, inverse_sigmoid
+from minidetr.ops.embedding import EmbeddingCache
 from minidetr.outputs import DN, ENC, MAIN, Predictions, QueryGroup, SetOutputs
 from minidetr.setloss.denoising import DenoisingQueries
 
 
 def attention_kind(cfg: ModelConfig) -> AttentionKind:
     """Dense attention for DETR, multi-scale deformable attention for Deformable DETR."""
-    if cfg.variant == "deformable":
-        from minidetr.model.deformable_transformer import DEFORMABLE  # noqa: PLC0415
-
-        return DEFORMABLE
-    return STANDARD
+    return DEFORMABLE if cfg.variant == "deformable" else STANDARD
 
 
 class MiniDETRCache(NamedTuple):
@@ -123,18 +113,8 @@ class MiniDETR:
         out.update(init_tokens(cfg, rng))
         out.update(init_encoder(cfg, rng, self.kind))
         out.update(init_decoder_layers(cfg, rng, self.kind))
-        q, d = cfg.num_queries, cfg.d_model
-        out["query.content"] = rng.standard_normal((q, d))
-        if not cfg.anchor_queries:
-            out["query.pos"] = rng.standard_normal((q, d))
-        else:
-            add_mlp(out, "query.pos_head", rng, (2 * d, d, d))
-            if not cfg.two_stage:  # centres uniform in the image, sides 0.1 (in logit space)
-                boxes = np.concatenate([rng.uniform(0.05, 0.95, (q, 2)), np.full((q, 2), 0.1)], 1)
-                out["query.anchors"] = np.log(boxes / (1.0 - boxes))
-        if cfg.denoising:  # one row per class and one for denoising padding slots
-            out["query.label_embed"] = rng.standard_normal((cfg.num_classes + 1, d))
-        out.update(init_heads(cfg, rng))
+        out.update(init_queries(cfg, rng))
+        out.update(init_decoder_heads(cfg, rng))
         if cfg.two_stage:
             out.update(init_two_stage(cfg, rng))
         return out
@@ -173,10 +153,11 @@ class MiniDETR:
                 f"images height and width must be positive multiples of the backbone stride {s}, "
                 f"got {h}x{w}; pad or resize them"
             )
-        dtype = params["query.content"].dtype
+        dtype = params["backbone.stages.0.conv.weight"].dtype
         if images.dtype != dtype:
             raise TypeError(f"images must have the parameters' dtype {dtype}, got {images.dtype}")
         namespace(images, *params.values())  # TypeError when array libraries mix
+        check_finite(images, "images")  # else NaN pixels surface layers later, under other names
 
     def forward(
         self,
@@ -208,13 +189,16 @@ class MiniDETR:
             rng = Rng(rng)
         xp = namespace(images)
         ctx = RunContext(cfg.dropout, train, rng)
-        feats, bb = backbone_forward(params, images, cfg)  # S x (B, C_l, H_l, W_l)
-        src, pos, layout, tk = tokens_forward(params, feats, cfg)  # (B, L, D), (1, L, D)
-        memory, enc = encoder_forward(params, src, pos, layout, self.kind, cfg, ctx)  # (B, L, D)
+        feats, bb = backbone_forward(params, images, cfg)  # L x (B, C_l, H_l, W_l)
+        src, pos, layout, tk = tokens_forward(params, feats, cfg)  # (B, S, D), (1, S, D)
+        memory, enc = encoder_forward(params, src, pos, layout, self.kind, cfg, ctx)  # (B, S, D)
 
         b, q, d = images.shape[0], cfg.num_queries, cfg.d_model
         groups: dict = {}
-        tgt = xp.broadcast_to(params["query.content"][None, ...], (b, q, d))  # (B, Q, D)
+        if cfg.learned_content:
+            tgt = xp.broadcast_to(params["query.content"][None, ...], (b, q, d))  # (B, Q, D)
+        else:  # DETR: the decoder starts from zero, the positions say which query is which
+            tgt = xp.zeros((b, q, d), dtype=images.dtype, device=images.device)
         ref_unsig = query_pos = ts = None
         if cfg.two_stage:
             if memory.shape[1] < q:
@@ -248,15 +232,10 @@ class MiniDETR:
             params,
             cfg,
             self.kind,
-            tgt,
-            ref_unsig,
-            query_pos,
-            memory,
-            pos,
-            layout,
-            mask,
-            ctx,
-            None if detached is None else detached["refined"],
+            queries=Queries(tgt, ref_unsig, query_pos, mask),
+            memory=Memory(memory, pos, layout),
+            ctx=ctx,
+            refined=None if detached is None else detached["refined"],
         )
         main = tuple(Predictions(lg[:, qdn:, :], bx[:, qdn:, :]) for lg, bx in layers)
         groups = {MAIN: QueryGroup(main), **groups}
@@ -304,7 +283,8 @@ class MiniDETR:
         if cache.label_embed is not None:
             (dtable,) = embedding_backward(dtgt[:, :qdn, :], cache.label_embed)
             accumulate(grads, "query.label_embed", dtable)
-        accumulate(grads, "query.content", xp.sum(dtgt[:, qdn:, :], axis=0))
+        if cfg.learned_content:
+            accumulate(grads, "query.content", xp.sum(dtgt[:, qdn:, :], axis=0))
         if cache.two_stage is not None:
             enc = output_grads.group(ENC)
             denc = Predictions(None, None) if enc is None else enc.layers[-1]

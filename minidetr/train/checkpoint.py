@@ -54,6 +54,18 @@ def save_checkpoint(
         raise
 
 
+def remove_stale_temporaries(folder: str | Path, name: str = "checkpoint.npz") -> list[Path]:
+    """Delete the ``name.*.tmp`` files an interrupted save left in ``folder``; return them.
+
+    ``save_checkpoint`` removes its temporary file itself unless the process is killed
+    outright (SIGKILL, a power cut) between creating and renaming it.
+    """
+    stale = sorted(Path(folder).glob(f"{name}.*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def load_checkpoint(path: str | Path, like: Array | None = None) -> Checkpoint:
     """Read a checkpoint; arrays go to the namespace/device of ``like`` when given.
 

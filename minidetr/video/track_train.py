@@ -23,7 +23,6 @@ training. Shapes: B pairs, Qt track queries, Q object queries.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -31,7 +30,13 @@ import numpy as np
 from minidetr.backend import Array, Rng, asarray, namespace, to_numpy
 from minidetr.outputs import MAIN, Predictions, QueryGroup, SetOutputs
 from minidetr.setloss import SetCriterion
-from minidetr.train.loop import Run, TrainConfig, TrainingError, _is_backbone
+from minidetr.train.divergence import (
+    TrainingError,
+    check_gradients,
+    check_loss,
+    learning_rate_cause,
+)
+from minidetr.train.loop import Run, TrainConfig, _is_backbone
 from minidetr.train.optim import adamw_step, clip_grad_norm, learning_rate
 from minidetr.video.association import assign_track_queries
 from minidetr.video.consistency import velocity_consistency_backward, velocity_consistency_forward
@@ -158,9 +163,10 @@ class TrackRun:
                     value, dtrack = self._consistency(pairs, tq, query_target, track, dtrack)
                     loss += value
         except ValueError as err:
-            raise TrainingError(f"step {run.step}: {err}") from err
-        if not math.isfinite(loss):
-            raise TrainingError(f"step {run.step}: the loss is {loss}")
+            if "finite" not in str(err):  # anything but a non-finite value is a bug: keep it
+                raise
+            raise TrainingError(run.step, str(err), learning_rate_cause(cfg.lr, True)) from err
+        check_loss(run.step, {"loss": loss}, run.history, cfg.lr)
         grads_out = merge_grads(run.criterion.backward(c_main), dtrack)
         return self._apply(model.backward(grads_out, cache), loss)
 
@@ -207,8 +213,7 @@ class TrackRun:
     def _apply(self, grads: dict, loss: float) -> dict[str, float]:
         run, cfg = self.run, self.run.cfg
         grads, norm = clip_grad_norm(grads, cfg.clip_norm)
-        if not math.isfinite(norm):
-            raise TrainingError(f"step {run.step}: the gradient is not finite")
+        check_gradients(run.step, grads, norm, run.history, cfg.lr)
         lr = learning_rate(run.step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.final_lr_ratio)
         rates = {k: lr * (cfg.backbone_lr_ratio if _is_backbone(k) else 1.0) for k in run.params}
         run.params, run.opt_state = adamw_step(run.params, grads, run.opt_state, run.opt_cfg, rates)
