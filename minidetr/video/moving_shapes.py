@@ -17,8 +17,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minidetr.data.dataset import place_boxes, xyxy_pixels_to_cxcywh
-from minidetr.data.shapes import SPLITS, ShapesDataset, contrasting_colour, shape_mask
+from minidetr.data.dataset import check_split, place_boxes, xyxy_pixels_to_cxcywh
+from minidetr.data.shapes import ShapesDataset, contrasting_colour, shape_mask
 
 MIN_VISIBLE = 0.3  # an object shows in a frame's targets when >= 30% of its area is visible
 FILL = {"square": 1.0, "circle": np.pi / 4, "triangle": 0.5}  # shape area / box area
@@ -54,8 +54,7 @@ class MovingShapes:
         seed: int = 0,
         max_objects: int = 4,
     ) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+        self._stream = check_split(split)
         for name, value, low in (
             ("num_clips", num_clips, 1),
             ("frames", frames, 1),
@@ -77,7 +76,7 @@ class MovingShapes:
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.num_clips:
             raise IndexError(f"index {index} out of range for {self.num_clips} clips")
-        rng = np.random.default_rng([self.seed, SPLITS[self.split], 7, index])
+        rng = np.random.default_rng([self.seed, self._stream, 7, index])
         s, t_count = self.image_size, self.frames
         background = rng.uniform(0.0, 0.6, size=3)
         tracks = self._tracks(rng, background)
