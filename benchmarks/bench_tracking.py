@@ -109,15 +109,28 @@ def sweep(out: Path, name: str) -> None:
             print(f"{new} {keep} -> {m['MOTA']:.3f} {m['IDF1']:.3f}", flush=True)
 
 
+def evaluate(out: Path, name: str, new_score: float, keep_score: float) -> None:
+    """Track the held-out clips again with the thresholds ``sweep`` chose for ``name``, into
+    ``DIR/<name>/tuned`` (with the animations)."""
+    tr = load_tracker(out / name / "checkpoint.npz", np.zeros(1, np.float32))
+    cfg = TrackerConfig(new_score=new_score, keep_score=keep_score)
+    use_tq = name not in ("baseline", "detect")
+    m = write_tracks(tr, out / name / "tuned", track_queries=use_tq, tracker=cfg)
+    print(name, json.dumps({k: m[k] for k in ("MOTA", "IDF1", "ID_switches", "misses")}))
+
+
 def report(out: Path) -> None:
     print("| variant | steps | MOTA | IDF1 | ID switches | false positives | misses | AP50 |")
     print("|---|---|---|---|---|---|---|---|")
     for name in ("detect", *VARIANTS):
-        path = out / name / "metrics.json"
-        if path.exists():
+        for path in (out / name / "metrics.json", out / name / "tuned" / "metrics.json"):
+            if not path.exists():
+                continue
             m = json.loads(path.read_text())
+            t = m["tracker_config"]
+            label = f"{name} (start {t['new_score']}, keep {t['keep_score']})"
             print(
-                f"| {name} | {m['checkpoint_step']} | {m['MOTA']:.3f} | {m['IDF1']:.3f} | "
+                f"| {label} | {m['checkpoint_step']} | {m['MOTA']:.3f} | {m['IDF1']:.3f} | "
                 f"{m['ID_switches']:.0f} | {m['false_positives']:.0f} | {m['misses']:.0f} | "
                 f"{m['AP50_per_frame']:.3f} |"
             )
@@ -125,9 +138,11 @@ def report(out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("stage", choices=("detect", "variant", "sweep", "report"))
+    parser.add_argument("stage", choices=("detect", "variant", "sweep", "evaluate", "report"))
     parser.add_argument("name", nargs="?", choices=sorted({*VARIANTS, "detect"}))
     parser.add_argument("--out", required=True)
+    parser.add_argument("--new-score", type=float, default=0.5, help="evaluate: start threshold")
+    parser.add_argument("--keep-score", type=float, default=0.3, help="evaluate: keep threshold")
     args = parser.parse_args()
     threadpool_limits(1)
     numba.set_num_threads(1)
@@ -140,6 +155,8 @@ def main() -> None:
         variant(out, args.name)
     elif args.stage == "sweep":
         sweep(out, args.name or "detect")
+    elif args.stage == "evaluate":
+        evaluate(out, args.name or "detect", args.new_score, args.keep_score)
     else:
         report(out)
 
