@@ -119,9 +119,18 @@ def _check_pair(boxes1: Array, boxes2: Array, *, paired: bool) -> bool:
             f"boxes1 and boxes2 must hold the same number of boxes to be paired, "
             f"got {boxes1.shape[0]} and {boxes2.shape[0]}"
         )
+    if not (on_kernel[0] or on_kernel[1]) and _all_valid(boxes1, boxes2):
+        return False  # one read of the device for both arrays; a failure reads more below
     _check_box_values(boxes1, "boxes1", on_kernel=on_kernel[0])
     _check_box_values(boxes2, "boxes2", on_kernel=on_kernel[1])
     return on_kernel[0] and on_kernel[1]
+
+
+def _all_valid(boxes1: Array, boxes2: Array) -> bool:
+    """Whether every box of both (n, 4) arrays is finite with x1 >= x0 and y1 >= y0."""
+    xp = namespace(boxes1, boxes2)
+    ok = [xp.all(xp.isfinite(b)) & xp.all(b[:, 2:] >= b[:, :2]) for b in (boxes1, boxes2)]
+    return bool(ok[0] & ok[1])
 
 
 def safe_coordinate_limit(boxes: Array, fused: bool = False) -> float:

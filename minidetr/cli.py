@@ -15,6 +15,7 @@ subcommand is one ``cmd_*`` function and one ``add_*_parser`` function.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -79,6 +80,7 @@ def _checkpoint_words(checkpoint: Any) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from minidetr.train.checkpoint import CheckpointError
     from minidetr.train.loop import Interrupted, TrainConfig, TrainingError, train
     from minidetr.train.progress import ProgressBar
 
@@ -94,12 +96,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "seed": args.seed,
         "lr": args.lr,
+        "encoder_attention": args.encoder_attention,
         "checkpoint_every": args.checkpoint_every,
     }
     try:
         cfg = replace(TrainConfig(), **{k: v for k, v in overrides.items() if v is not None})
     except (ValueError, TypeError) as err:  # the parser checks first; this is the backstop
         raise UserError(str(err)) from err
+    if cfg.dataset == "digits" and importlib.util.find_spec("sklearn") is None:
+        raise UserError("--dataset digits needs scikit-learn: pip install 'minidetr[data]'")
     _prepare_out_dir(out, args.resume, args.force)
     if args.resume:
         cfg = _train_config_of(out / "checkpoint.npz", cfg, args)
@@ -116,10 +121,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         hint = f"; resume with --resume --out {out}" if err.checkpoint else ""
         sys.stderr.write(f"minidetr: interrupted; {where}{hint}\n")
         return 130
+    except CheckpointError as err:
+        raise UserError(f"--resume: {err}") from err
+    except OSError as err:  # the output folder filled up or went away mid-run
+        where = Path(err.filename).resolve() if err.filename is not None else None
+        if where is None or out.resolve() not in (where, *where.parents):
+            raise
+        raise UserError(f"cannot write {err.filename} ({err.strerror})") from err
     except TrainingError as err:
         hint = ""
         if "learning rate" in err.cause:
-            hint = " (start a new run with a smaller --lr)"
+            hint = "; start a new run with a smaller --lr"
         raise UserError(
             f"training stopped at step {err.step}: {err.what}; likely cause: {err.cause}{hint}; "
             f"{_checkpoint_words(err.checkpoint)}"
@@ -128,7 +140,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - t0
-    _write_report(run, out, seconds, args.device)
+    try:
+        _write_report(run, out, seconds, args.device)
+    except KeyboardInterrupt:
+        sys.stderr.write(
+            f"minidetr: interrupted while evaluating; the checkpoint {out / 'checkpoint.npz'} "
+            f"(step {run.step}) is saved: `minidetr eval` it\n"
+        )
+        return 130
     return 0
 
 
@@ -147,7 +166,7 @@ def _train_config_of(path: Path, cfg: Any, args: argparse.Namespace) -> Any:
         step = int(meta["step"])
     except (ValueError, TypeError, KeyError) as err:
         raise UserError(f"--resume: cannot use {path}: {err}") from err
-    for name in ("preset", "dataset", "batch_size", "seed", "lr"):
+    for name in ("preset", "dataset", "batch_size", "seed", "lr", "encoder_attention"):
         given = getattr(args, name, None)
         if given is not None and given != getattr(resumed, name):
             flag, saved_value = name.replace("_", "-"), getattr(resumed, name)
@@ -326,6 +345,7 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
 def add_train_parser(sub: Any) -> None:
     from minidetr.data import DATASETS
     from minidetr.model import PRESETS
+    from minidetr.model.config import ENCODER_ATTENTIONS
     from minidetr.train.loop import TrainConfig
 
     d = TrainConfig()
@@ -335,6 +355,11 @@ def add_train_parser(sub: Any) -> None:
     t.add_argument("--preset", choices=sorted(PRESETS), help=f"model preset (default {d.preset})")
     t.add_argument(
         "--dataset", choices=sorted(DATASETS), help=f"built-in dataset (default {d.dataset})"
+    )
+    t.add_argument(
+        "--encoder-attention",
+        choices=ENCODER_ATTENTIONS,
+        help="the standard preset's encoder self-attention (default softmax)",
     )
     t.add_argument("--steps", type=positive_int, help=f"optimizer steps (default {d.steps})")
     t.add_argument(

@@ -197,3 +197,54 @@ def test_a_library_bug_keeps_its_traceback(tmp_path, monkeypatch):
     monkeypatch.setattr(Run, "train_step", broken)
     with pytest.raises(ValueError, match="an internal shape mismatch"):
         main([*TINY, "--steps", "2", "--quiet", "--out", str(tmp_path / "run")])
+
+
+def test_digits_without_scikit_learn_says_how_to_install(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else find_spec(name)
+    )
+    assert main([*TINY, "--dataset", "digits", "--out", str(tmp_path / "run")]) == 2
+    assert "pip install 'minidetr[data]'" in capsys.readouterr().err
+
+
+def test_a_folder_that_fills_up_mid_run_is_one_line(tmp_path, monkeypatch, capsys):
+    from minidetr.train import loop
+
+    out = tmp_path / "run"
+
+    def full(path, *args, **kwargs):
+        raise OSError(28, "No space left on device", str(out / "checkpoint.npz.x1.tmp"))
+
+    monkeypatch.setattr(loop, "save_checkpoint", full)
+    assert main([*TINY, "--steps", "2", "--quiet", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "No space left on device" in err
+
+
+def test_resuming_a_checkpoint_of_another_config_is_one_line(tmp_path, capsys):
+    from minidetr.train.checkpoint import save_checkpoint
+
+    out = tmp_path / "run"
+    assert main([*TINY, "--steps", "2", "--quiet", "--out", str(out)]) == 0
+    ck = load_checkpoint(out / "checkpoint.npz")
+    meta = {**ck.meta, "train_config": {**ck.meta["train_config"], "unknown_option": 1}}
+    save_checkpoint(out / "checkpoint.npz", ck.params, ck.opt_state, meta)
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(out), "--steps", "3", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "made with another training config" in err
+
+
+def test_an_interrupt_while_evaluating_names_the_saved_checkpoint(tmp_path, monkeypatch, capsys):
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Run, "evaluate", interrupted)
+    out = tmp_path / "run"
+    assert main([*TINY, "--steps", "2", "--quiet", "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert f"the checkpoint {out / 'checkpoint.npz'} (step 2) is saved" in err
+    assert load_checkpoint(out / "checkpoint.npz").meta["step"] == 2

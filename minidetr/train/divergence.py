@@ -55,7 +55,7 @@ class TrainingError(RuntimeError):
 def learning_rate_cause(lr: float, updates_made: bool) -> str:
     if not updates_made:  # the very first step: the parameters are still the initial ones
         return "the data or the initialisation (no update has been made yet)"
-    return f"the learning rate {lr:g} is too large for this model; lower it"
+    return f"the learning rate {lr:g} is too large for this model"
 
 
 def first_non_finite(arrays: dict[str, Array]) -> str | None:

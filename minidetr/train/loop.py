@@ -25,7 +25,12 @@ from minidetr.model import PRESETS, MiniDETR, ModelConfig
 from minidetr.setloss import LossWeights, SetCriterion, check_targets
 from minidetr.setloss.denoising import make_denoising_queries
 from minidetr.setloss.matching import HungarianMatcher
-from minidetr.train.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
+from minidetr.train.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 from minidetr.train.config_checks import check_train_config
 from minidetr.train.divergence import (
     SavedCheckpoint,
@@ -62,6 +67,7 @@ class TrainConfig:
     """Everything that decides a training run besides the model's shape."""
 
     preset: str = "deformable"
+    encoder_attention: str = "softmax"  # the standard preset's encoder core (ModelConfig)
     dataset: str = "shapes"
     steps: int = 1500
     batch_size: int = 16
@@ -88,12 +94,16 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_train_config(self)
+        if self.encoder_attention != "softmax" and self.preset in PRESETS:
+            # the model config says whether this preset can take that encoder attention
+            replace(PRESETS[self.preset], encoder_attention=self.encoder_attention)
 
 
-def make_model(preset: str, num_classes: int) -> MiniDETR:
+def make_model(preset: str, num_classes: int, encoder_attention: str = "softmax") -> MiniDETR:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    return MiniDETR(replace(PRESETS[preset], num_classes=num_classes))
+    config = replace(PRESETS[preset], num_classes=num_classes, encoder_attention=encoder_attention)
+    return MiniDETR(config)
 
 
 def dataset_class(name: str) -> type:
@@ -152,7 +162,8 @@ class Run:
     def __init__(self, cfg: TrainConfig, like: Array) -> None:
         self.cfg = cfg
         self.like = like
-        self.model = make_model(cfg.preset, len(dataset_class(cfg.dataset).classes))
+        num_classes = len(dataset_class(cfg.dataset).classes)
+        self.model = make_model(cfg.preset, num_classes, cfg.encoder_attention)
         self.train_set, self.val_set = make_datasets(cfg, self.model.config.image_size)
         self.criterion = make_criterion(cfg, self.model.config)
         self.params = self.model.init_params(seed=cfg.seed, like=like)
@@ -267,8 +278,13 @@ class Run:
         mine = {k: v for k, v in json.loads(json.dumps(asdict(self.cfg))).items() if k not in free}
         if saved != mine:
             diff = sorted(k for k in mine if saved.get(k) != mine[k])
-            raise ValueError(f"checkpoint {path} was made with another training config ({diff})")
-        self.model.check_params(ck.params)
+            raise CheckpointError(
+                f"checkpoint {path} was made with another training config ({diff})"
+            )
+        try:
+            self.model.check_params(ck.params)
+        except ValueError as err:
+            raise CheckpointError(f"checkpoint {path} does not fit the model: {err}") from err
         self.params, self.opt_state = ck.params, ck.opt_state
         self.step, self.history = int(ck.meta["step"]), list(ck.meta["history"])
 
