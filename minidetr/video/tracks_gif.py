@@ -26,9 +26,11 @@ def save_tracks_gif(
     image_size: int,
     scale: int = 4,
     frame_ms: int = 250,
+    colors: int = 32,
 ) -> None:
     """Write ``path``: clips[i] (T, 3, H, W) in [0, 1] with tracks[i][t] = {"track_ids" (n,),
-    "boxes" (n, 4) normalised cxcywh} drawn on frame t, the id written above each box."""
+    "boxes" (n, 4) normalised cxcywh} drawn on frame t, the id written above each box;
+    ``colors`` colours per picture."""
     from PIL import Image, ImageDraw  # noqa: PLC0415 - a dependency of matplotlib
 
     if len(clips) != len(tracks) or not clips:
@@ -50,7 +52,10 @@ def save_tracks_gif(
                 draw.text((cx - w / 2 + 2, cy - h / 2 + 1), str(int(tid)), fill=colour)
             draw.text((3, side - 12), f"t={t}", fill=(255, 255, 255))
             canvas.paste(tile, (i * (side + 4), 0))
-        pictures.append(canvas)
+        # a small palette without dithering: the noisy backgrounds then compress well
+        pictures.append(
+            canvas.quantize(colors, Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+        )
     pictures[0].save(
         path, save_all=True, append_images=pictures[1:], duration=frame_ms, loop=0, optimize=True
     )
