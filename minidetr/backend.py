@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 import array_api_compat
+import array_api_compat.numpy  # the namespace of NumPy arrays, returned by namespace()
 import numpy as np
 
 Array = Any  # an array of any namespace the array API standard covers
@@ -32,6 +33,8 @@ def namespace(*arrays: Array) -> Any:
     Python scalars and ``None`` are skipped, so optional arguments can be passed
     through. Mixing array libraries raises ``TypeError``.
     """
+    if all(type(a) is np.ndarray or a is None for a in arrays):  # the common case, fast
+        return array_api_compat.numpy
     present = [a for a in arrays if a is not None and not isinstance(a, (int, float, bool))]
     if not present:
         return array_api_compat.numpy
