@@ -19,7 +19,7 @@ inflate it. ``--wall`` uses wall-clock time (``time.perf_counter``) instead.
 3. The whole matcher, cost construction plus solving, on NumPy: DETR's recipe
    (``models/matcher.py`` in NumPy and SciPy: the (64 * 100, sum T) cost of every
    query against every target of the batch, then SciPy per image), the same recipe
-   computing only each image's block, and ``minidetr.matching.HungarianMatcher``.
+   computing only each image's block, and ``minidetr.setloss.matching.HungarianMatcher``.
 
 Numba compiles on first use and caches the machine code on disk (``cache=True``);
 the one-time cost (cold compile into an empty cache, then a warm start that loads
@@ -45,7 +45,7 @@ from minidetr.assignment import (
     linear_sum_assignment_batch,
     linear_sum_assignment_stacked,
 )
-from minidetr.matching import HungarianMatcher
+from minidetr.setloss.matching import HungarianMatcher
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_giou import numpy_giou  # noqa: E402  DETR's formula, shared with that benchmark

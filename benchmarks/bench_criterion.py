@@ -25,9 +25,10 @@ import time
 
 import numpy as np
 
-from minidetr.criterion import SetCriterion
-from minidetr.denoising import make_denoising_queries
-from minidetr.matching import HungarianMatcher
+from minidetr.outputs import SetOutputs
+from minidetr.setloss.criterion import LossWeights, SetCriterion
+from minidetr.setloss.denoising import make_denoising_queries
+from minidetr.setloss.matching import HungarianMatcher
 
 try:
     import torch
@@ -35,7 +36,7 @@ try:
 except ImportError:  # the comparison is optional
     torch = None
 
-WEIGHTS = {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
+WEIGHTS = LossWeights(ce=1.0, bbox=5.0, giou=2.0)
 SETTINGS = [  # name, queries, focal, decoder layers, denoising groups
     ("DETR, Q=100", 100, False, 6, 0),
     ("Deformable, Q=300, focal", 300, True, 6, 0),
@@ -90,11 +91,11 @@ def best_of(fn, repeats):
 def torch_loss(outputs, targets, cache, focal):
     """DETR's loss terms in PyTorch on the assignments minidetr used; returns (loss, leaves)."""
     leaves, total = [], 0.0
-    layers = dict(cache.layers)
-    for suffix, c in layers.items():
-        layer = _layer_of(outputs, suffix)
-        logits = torch.tensor(layer["pred_logits"], requires_grad=True)
-        boxes = torch.tensor(layer["pred_boxes"], requires_grad=True)
+    groups = SetOutputs.from_dict(outputs).groups
+    for (group, index), c in cache.layers.items():
+        layer = groups[group].layers[index]
+        logits = torch.tensor(layer.logits, requires_grad=True)
+        boxes = torch.tensor(layer.boxes, requires_grad=True)
         leaves += [logits, boxes]
         a = c.assignment
         src = torch.as_tensor(np.asarray(a.src))
@@ -120,15 +121,6 @@ def torch_loss(outputs, targets, cache, focal):
         loss_giou = (1 - giou).sum() / a.num_boxes
         total = total + loss_ce + 5 * loss_bbox + 2 * loss_giou
     return total, leaves
-
-
-def _layer_of(outputs, suffix):
-    if suffix == "":
-        return outputs
-    if suffix.startswith("_dn"):
-        dn = outputs["dn"]
-        return dn if suffix == "_dn" else dn["aux_outputs"][int(suffix[4:])]
-    return outputs["aux_outputs"][int(suffix[1:])]
 
 
 def _xyxy(b):

@@ -29,8 +29,9 @@ import time
 import numpy as np
 
 import minidetr.model.detr as detr
-from minidetr.denoising import make_denoising_queries
 from minidetr.model import PRESETS, MiniDETR
+from minidetr.outputs import Predictions, QueryGroup, SetOutputs
+from minidetr.setloss.denoising import make_denoising_queries
 
 STAGES = {
     "backbone": ("backbone_forward", "backbone_backward"),
@@ -58,11 +59,13 @@ for _pair in STAGES.values():
 
 
 def _ones(outputs):
-    if isinstance(outputs, dict):
-        return {k: _ones(v) for k, v in outputs.items() if k != "meta"}
-    if isinstance(outputs, list):
-        return [_ones(v) for v in outputs]
-    return np.ones_like(outputs)
+    """A gradient of ones for every prediction, in the outputs' structure."""
+    return SetOutputs(
+        {
+            name: QueryGroup(tuple(Predictions(*map(np.ones_like, p)) for p in group.layers))
+            for name, group in outputs
+        }
+    )
 
 
 def bench(name: str, batch: int, repeats: int) -> dict:

@@ -102,7 +102,7 @@ def index_add(target: Array, index: Array, values: Array) -> Array:
         np.add.at(out, np.asarray(index), np.asarray(values))
         return out
     if k == "cupy":
-        import cupyx  # noqa: PLC0415 - only present with the gpu extra
+        import cupyx  # only present with the gpu extra
 
         out = target.copy()
         cupyx.scatter_add(out, index, values)
@@ -129,8 +129,9 @@ class Rng:
         else:
             self.generator = np.random.default_rng(seed)
 
-    def _device_rng(self, like: Array) -> Any:
-        import cupy  # noqa: PLC0415
+    def _device_rng(self) -> Any:
+        """A CuPy generator seeded from the host stream (so the host state stays the truth)."""
+        import cupy  # only present with the gpu extra
 
         return cupy.random.default_rng(int(self.generator.integers(2**63)))
 
@@ -138,14 +139,14 @@ class Rng:
         """Uniform numbers in [0, 1) of ``shape``, in the namespace of ``like``."""
         dtype = like.dtype if dtype is None else dtype
         if kind(like) == "cupy":
-            return self._device_rng(like).random(shape).astype(dtype)
+            return self._device_rng().random(shape).astype(dtype)
         return asarray(self.generator.random(shape), like=like, dtype=dtype)
 
     def normal(self, shape: tuple[int, ...], like: Array, dtype: Any = None) -> Array:
         """Standard normal numbers of ``shape``, in the namespace of ``like``."""
         dtype = like.dtype if dtype is None else dtype
         if kind(like) == "cupy":
-            return self._device_rng(like).standard_normal(shape).astype(dtype)
+            return self._device_rng().standard_normal(shape).astype(dtype)
         return asarray(self.generator.standard_normal(shape), like=like, dtype=dtype)
 
     def get_state(self) -> dict:

@@ -176,8 +176,8 @@ def _write_report(run: Any, out: Path, seconds: float, device: str) -> dict[str,
     images, _ = collate(samples, like=run.like)
     outputs, _ = run.model.forward(run.params, images, train=False)
     results = postprocess(
-        outputs["pred_logits"],
-        outputs["pred_boxes"],
+        outputs.pred_logits,
+        outputs.pred_boxes,
         run.val_set.image_size,
         focal=run.model.config.focal,
     )
@@ -253,7 +253,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         run.params, asarray(np.stack(images), like=run.like), train=False
     )
     results = postprocess(
-        outputs["pred_logits"], outputs["pred_boxes"], size, focal=run.model.config.focal
+        outputs.pred_logits, outputs.pred_boxes, size, focal=run.model.config.focal
     )
     for path, image, result in zip(args.images, images, results):
         target = out / (Path(path).stem + "_pred.png")

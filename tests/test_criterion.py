@@ -13,19 +13,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from minidetr.backend import to_numpy
-from minidetr.criterion import SetCriterion
-from minidetr.denoising import make_denoising_queries
 from minidetr.gradcheck import gradcheck
-from minidetr.matching import HungarianMatcher
+from minidetr.setloss.criterion import LossWeights, SetCriterion
+from minidetr.setloss.denoising import make_denoising_queries
+from minidetr.setloss.matching import HungarianMatcher
 
 DATA = Path(__file__).parent / "data"
-WEIGHTS = {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
+WEIGHTS = {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}  # the plain reference's
 TERMS = ("loss_ce", "loss_bbox", "loss_giou")
 
 
-def make_criterion(num_classes, focal=False, eos_coef=0.1, weights=WEIGHTS):
+def make_criterion(num_classes, focal=False, eos_coef=0.1, weights=None):
+    weights = LossWeights(ce=1.0, bbox=5.0, giou=2.0) if weights is None else weights
     return SetCriterion(
-        num_classes, HungarianMatcher(focal=focal), dict(weights), eos_coef=eos_coef, focal=focal
+        num_classes, HungarianMatcher(focal=focal), weights, eos_coef=eos_coef, focal=focal
     )
 
 
@@ -297,7 +298,7 @@ def test_gradcheck_through_every_layer(xp, focal):
         return losses["loss"], c
 
     def backward(dloss, c):
-        return [dloss * g for _, g in leaves(criterion.backward(c))]
+        return [dloss * g for _, g in leaves(criterion.backward(c).to_dict())]
 
     result = gradcheck(
         forward, backward, inputs, names=names, max_entries=12 if xp is not np else None
@@ -309,7 +310,7 @@ def test_gradients_of_unmatched_queries_touch_only_their_logits():
     outputs, targets = random_problem(3, n_aux=0)
     losses, cache = make_criterion(4).forward(outputs, targets)
     grads = make_criterion(4).backward(cache)
-    for b, (pred_idx, _) in enumerate(cache.matches[""]):
+    for b, (pred_idx, _) in enumerate(cache.matches[("main", 0)]):
         unmatched = np.setdiff1d(np.arange(5), pred_idx)
         assert np.all(grads["pred_boxes"][b, unmatched] == 0)
         assert np.all(np.abs(grads["pred_logits"][b, unmatched]).sum(-1) > 0)
@@ -400,7 +401,7 @@ def test_two_queries_one_target_by_hand():
     }
     for key, value in expected.items():
         assert float(losses[key]) == pytest.approx(value, rel=1e-14, abs=1e-14), key
-    np.testing.assert_array_equal(cache.matches[""][0][0], [0])
+    np.testing.assert_array_equal(cache.matches[("main", 0)][0][0], [0])
     grads = criterion.backward(cache)
     # dCE/dx = w / sum(w) * (softmax - onehot)
     dlogits = np.array([[[-0.5 / 1.1, 0.5 / 1.1], [0.1 / 1.1 * 0.25, -0.1 / 1.1 * 0.25]]])
@@ -414,24 +415,58 @@ def test_two_queries_one_target_by_hand():
 # ---------------------------------------------------------------- weights and options
 
 
-def test_weights_fall_back_from_layer_to_base_name():
-    criterion = make_criterion(2, weights={"loss_ce": 2.0, "loss_bbox_dn": 3.0, "loss_giou_1": 7.0})
-    assert criterion.weight("loss_ce_0") == 2.0
-    assert criterion.weight("loss_ce_dn_3") == 2.0
-    assert criterion.weight("loss_bbox_dn_0") == 3.0
-    assert criterion.weight("loss_bbox") == 0.0
-    assert criterion.weight("loss_giou_1") == 7.0
-    assert criterion.weight("loss_giou_2") == 0.0
-    assert criterion.weight("loss_ce_enc") == 2.0
+def test_layer_weights_multiply_term_group_and_aux_weights():
+    w = LossWeights(ce=2.0, bbox=5.0, giou=3.0, aux=0.5, enc=0.25, dn=4.0)
+    assert w.layer("main", 2, 3) == (2.0, 5.0, 3.0)
+    assert w.layer("main", 0, 3) == (1.0, 2.5, 1.5)
+    assert w.layer("enc", 0, 1) == (0.5, 1.25, 0.75)
+    assert w.layer("dn", 2, 3) == (8.0, 20.0, 12.0)
+    assert w.layer("dn", 1, 3) == (4.0, 10.0, 6.0)
+    for bad_value in (-1.0, float("nan"), float("inf"), "1", True):
+        with pytest.raises(ValueError, match="LossWeights.aux"):
+            LossWeights(aux=bad_value)
+    with pytest.raises(TypeError, match="LossWeights"):
+        SetCriterion(4, HungarianMatcher(), WEIGHTS)
+
+
+class CountingMatcher(HungarianMatcher):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def match(self, pred, targets):
+        self.calls += 1
+        return super().match(pred, targets)
+
+
+def test_a_group_of_zero_weight_is_neither_matched_nor_scored():
+    outputs, targets = random_problem(4, n_aux=2, dn=1, enc=True)
+    full = make_criterion(4)
+    losses, cache = full.forward(outputs, targets)
+    matcher = CountingMatcher()
+    no_aux = SetCriterion(4, matcher, LossWeights(ce=1.0, bbox=5.0, giou=2.0, aux=0.0, enc=0.0))
+    losses0, cache0 = no_aux.forward(outputs, targets)
+    assert matcher.calls == 1  # the last decoder layer only: no aux layer, no proposals
+    assert set(cache0.layers) == {("main", 2), ("dn", 1)}
+    assert not any(k.endswith(("_0", "_1", "_enc")) for k in losses0)
+    expected = sum(
+        w * float(losses[t + s]) for s in ("", "_dn") for t, w in zip(TERMS, (1.0, 5.0, 2.0))
+    )
+    np.testing.assert_allclose(float(losses0["loss"]), expected, rtol=1e-12)
+    grads = no_aux.backward(cache0)
+    assert grads.group("main").layers[0] == (None, None)  # read as zero by the model
+    assert grads.group("enc").layers[0] == (None, None)
+    np.testing.assert_array_equal(grads["pred_logits"], full.backward(cache)["pred_logits"])
 
 
 def test_losses_option_selects_terms():
     outputs, targets = random_problem(8)
-    losses, cache = SetCriterion(4, HungarianMatcher(), WEIGHTS, losses=("boxes",)).forward(
+    weights = LossWeights(ce=1.0, bbox=5.0, giou=2.0)
+    losses, cache = SetCriterion(4, HungarianMatcher(), weights, losses=("boxes",)).forward(
         outputs, targets
     )
     assert "loss_ce" not in losses and "cardinality_error" not in losses
-    grads = SetCriterion(4, HungarianMatcher(), WEIGHTS, losses=("boxes",)).backward(cache)
+    grads = SetCriterion(4, HungarianMatcher(), weights, losses=("boxes",)).backward(cache)
     assert np.all(grads["pred_logits"] == 0)
     np.testing.assert_allclose(
         float(losses["loss"]),
@@ -484,4 +519,4 @@ def test_bad_predictions_name_the_layer_and_field():
     o = dict(outputs, aux_outputs=[{k: v[:2] for k, v in outputs["aux_outputs"][0].items()}])
     bad(o, targets, "batch size 2")
     with pytest.raises(ValueError, match="focal"):
-        SetCriterion(4, HungarianMatcher(focal=True), WEIGHTS, focal=False)
+        SetCriterion(4, HungarianMatcher(focal=True), focal=False)

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from minidetr.backend import to_numpy
-from minidetr.criterion import SetCriterion
-from minidetr.focal import sigmoid_focal_loss_backward, sigmoid_focal_loss_forward
 from minidetr.gradcheck import gradcheck
-from minidetr.matching import HungarianMatcher
+from minidetr.setloss.criterion import LossWeights, SetCriterion
+from minidetr.setloss.focal import sigmoid_focal_loss_backward, sigmoid_focal_loss_forward
+from minidetr.setloss.matching import HungarianMatcher
 
 logits = arrays(
     np.float64, st.tuples(st.integers(1, 5), st.integers(1, 6)), elements=st.floats(-30, 30)
@@ -100,10 +100,11 @@ def test_criterion_focal_loss_is_deformable_detrs_scaling(xp):
     ]
     outputs = {"pred_logits": xp.asarray(logits_np), "pred_boxes": xp.asarray(boxes_np)}
     targets = [{k: xp.asarray(v) for k, v in t.items()} for t in targets_np]
-    criterion = SetCriterion(3, HungarianMatcher(focal=True), {"loss_ce": 2.0}, focal=True)
+    weights = LossWeights(ce=2.0, bbox=0.0, giou=0.0)
+    criterion = SetCriterion(3, HungarianMatcher(focal=True), weights, focal=True)
     losses, cache = criterion.forward(outputs, targets)
     onehot = np.zeros_like(logits_np)
-    for b, (pred_idx, tgt_idx) in enumerate(cache.matches[""]):
+    for b, (pred_idx, tgt_idx) in enumerate(cache.matches[("main", 0)]):
         onehot[b, pred_idx, targets_np[b]["labels"][tgt_idx]] = 1.0
     p = 1 / (1 + np.exp(-logits_np))
     per = np.where(onehot == 1, -0.25 * (1 - p) ** 2 * np.log(p), -0.75 * p**2 * np.log(1 - p))

@@ -9,11 +9,22 @@ from hypothesis import strategies as st
 
 from minidetr.attention import scaled_dot_product_attention_forward
 from minidetr.backend import Rng, to_numpy
-from minidetr.criterion import SetCriterion
-from minidetr.denoising import PADDING_BOX, denoising_attention_mask, make_denoising_queries
-from minidetr.matching import HungarianMatcher
+from minidetr.setloss.criterion import LossWeights, SetCriterion
+from minidetr.setloss.denoising import (
+    PADDING_BOX,
+    denoising_attention_mask,
+    denoising_layout,
+    make_denoising_queries,
+)
+from minidetr.setloss.matching import HungarianMatcher
 
-WEIGHTS = {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
+WEIGHTS = LossWeights(ce=1.0, bbox=5.0, giou=2.0)
+
+
+def layout(dn, targets):
+    """(target_index, positive, valid) host arrays (B, Qdn) of ``dn``'s slots."""
+    counts = [int(t["labels"].shape[0]) for t in targets]
+    return denoising_layout(counts, dn.num_groups, dn.contrastive)
 
 
 def make_targets(counts, seed=0, num_classes=5, xp=np):
@@ -109,18 +120,20 @@ def test_layout_with_contrastive_negatives(xp):
     targets, dn = make([2, 0, 1], groups=2, q=3, contrastive=True, xp=xp)
     index = [[0, 1, 0, 1, 0, 1, 0, 1], [-1] * 8, [0, -1, 0, -1, 0, -1, 0, -1]]
     positive = [[1, 1, 0, 0, 1, 1, 0, 0], [0] * 8, [1, 0, 0, 0, 1, 0, 0, 0]]
-    np.testing.assert_array_equal(to_numpy(dn.target_index), index)
-    np.testing.assert_array_equal(to_numpy(dn.positive), np.array(positive, dtype=bool))
-    np.testing.assert_array_equal(to_numpy(dn.valid), np.array(index) >= 0)
+    got_index, got_positive, got_valid = layout(dn, targets)
+    np.testing.assert_array_equal(got_index, index)
+    np.testing.assert_array_equal(got_positive, np.array(positive, dtype=bool))
+    np.testing.assert_array_equal(got_valid, np.array(index) >= 0)
+    assert dn.labels.shape == (3, 8)
     labels, boxes = to_numpy(dn.labels), to_numpy(dn.boxes)
-    assert np.all(labels[~to_numpy(dn.valid)] == 5)  # padding carries the no-object label
+    assert np.all(labels[~got_valid] == 5)  # padding carries the no-object label
     np.testing.assert_array_equal(boxes[1], np.tile(PADDING_BOX, (8, 1)))
     assert type(dn.boxes) is type(targets[0]["boxes"])
 
 
 def test_without_noise_the_queries_are_the_targets(xp):
     targets, dn = make([3, 1], groups=3, labels=0.0, boxes=0.0, xp=xp)
-    index, valid = to_numpy(dn.target_index), to_numpy(dn.valid)
+    index, _, valid = layout(dn, targets)
     for b, t in enumerate(targets):
         idx = index[b][valid[b]]
         np.testing.assert_array_equal(to_numpy(dn.labels)[b][valid[b]], to_numpy(t["labels"])[idx])
@@ -140,7 +153,7 @@ def test_box_noise_bounds(seed, scale):
     dn = make_denoising_queries(
         targets, 3, 0.0, scale, 5, np.random.default_rng(seed), num_queries=0, contrastive=True
     )
-    index, positive, valid = dn.target_index, dn.positive, dn.valid
+    index, positive, valid = layout(dn, targets)
     for b, t in enumerate(targets):
         clean = _edges(t["boxes"][index[b][valid[b]]])  # (n, 4)
         noised = _edges(dn.boxes[b][valid[b]])
@@ -157,7 +170,8 @@ def test_box_noise_bounds(seed, scale):
 def test_label_noise_rate_and_range():
     targets = make_targets([40] * 5, seed=1)
     dn = make_denoising_queries(targets, 10, 0.5, 0.0, 5, Rng(3), num_queries=0)
-    clean = np.stack([t["labels"][dn.target_index[b]] for b, t in enumerate(targets)])
+    index = layout(dn, targets)[0]
+    clean = np.stack([t["labels"][index[b]] for b, t in enumerate(targets)])
     changed = np.mean(dn.labels != clean)  # a flip lands on the same class 1 time in 5
     assert 0.35 < changed < 0.45
     assert dn.labels.min() >= 0 and dn.labels.max() < 5
@@ -208,10 +222,11 @@ def test_perfect_reconstruction_costs_only_the_softmax_floor():
     b, qdn = dn.labels.shape
     boxes = np.full((b, qdn, 4), 0.5)
     logits = np.zeros((b, qdn, 6))
+    index, positive, valid = layout(dn, targets)
     for i, t in enumerate(targets):
         for s in range(qdn):
-            j = dn.target_index[i, s]
-            if dn.positive[i, s]:
+            j = index[i, s]
+            if positive[i, s]:
                 boxes[i, s] = t["boxes"][j]
                 logits[i, s, t["labels"][j]] = 10.0
             else:
@@ -223,8 +238,8 @@ def test_perfect_reconstruction_costs_only_the_softmax_floor():
     # every scored slot puts logit 10 on its class and 0 on five others
     assert float(losses["loss_ce_dn"]) == pytest.approx(np.log1p(5 * np.exp(-10.0)), rel=1e-12)
     grads = criterion.backward(cache)["dn"]
-    assert np.all(grads["pred_boxes"][~dn.positive] == 0)
-    assert np.all(grads["pred_logits"][~dn.valid] == 0)  # padding is not scored
+    assert np.all(grads["pred_boxes"][~positive] == 0)
+    assert np.all(grads["pred_logits"][~valid] == 0)  # padding is not scored
 
 
 def test_box_terms_are_normalised_by_targets_times_groups():

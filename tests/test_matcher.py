@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment as scipy_lsa
 from scipy.spatial.distance import cdist
 
-from minidetr.matching import HungarianMatcher
+from minidetr.setloss.matching import HungarianMatcher
 
 # ---------------------------------------------------------------- inputs and oracle
 

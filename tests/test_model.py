@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from minidetr.backend import to_numpy
-from minidetr.criterion import SetCriterion
 from minidetr.deformable.module import sampling_offset_bias
-from minidetr.denoising import make_denoising_queries
-from minidetr.matching import HungarianMatcher
 from minidetr.model import DEFAULT_PRESET, PRESETS, MiniDETR, ModelConfig, parameter_counts, summary
+from minidetr.setloss.criterion import LossWeights, SetCriterion
+from minidetr.setloss.denoising import make_denoising_queries
+from minidetr.setloss.matching import HungarianMatcher
 
 TINY = ("tiny", "tiny-deformable")
 
@@ -285,7 +285,7 @@ def test_every_parameter_gets_a_live_gradient_in_a_training_step(name):
     dn = _denoising(cfg, targets)
     criterion = SetCriterion(
         cfg.num_classes, HungarianMatcher(focal=cfg.focal),
-        {"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0}, focal=cfg.focal,
+        LossWeights(ce=2.0, bbox=5.0, giou=2.0), focal=cfg.focal,
     )  # fmt: skip
     outputs, cache = model.forward(params, _images(cfg, 4), train=True, rng=r, denoising=dn)
     losses, ccache = criterion.forward(outputs, targets)

@@ -15,11 +15,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from minidetr.criterion import SetCriterion
-from minidetr.denoising import make_denoising_queries
 from minidetr.gradcheck import numerical_gradient
-from minidetr.matching import HungarianMatcher
 from minidetr.model import PRESETS, MiniDETR
+from minidetr.setloss.criterion import LossWeights, SetCriterion
+from minidetr.setloss.denoising import make_denoising_queries
+from minidetr.setloss.matching import HungarianMatcher
 
 TOL = 1e-5
 ENTRIES = 2  # sampled entries per parameter tensor
@@ -76,7 +76,7 @@ def test_whole_model_gradient_matches_finite_differences(name):
     criterion = SetCriterion(
         cfg.num_classes,
         HungarianMatcher(focal=cfg.focal),
-        {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0},
+        LossWeights(ce=1.0, bbox=5.0, giou=2.0),
         focal=cfg.focal,
     )
     outputs, cache = model.forward(params, images, denoising=dn)

@@ -100,7 +100,13 @@ def test_sixty_steps_lower_the_loss():
 
 def test_without_aux_loss_only_the_last_layers_are_weighted():
     run = Run(replace(TINY, aux_loss=False), LIKE)
-    weight = run.criterion.weight
-    assert weight("loss_giou_0") == 0.0 and weight("loss_ce_dn_0") == 0.0
-    assert weight("loss_giou") == TINY.weight_giou and weight("loss_ce_dn") == TINY.weight_class
-    assert weight("loss_bbox_enc") == TINY.weight_bbox  # two-stage proposals are not aux layers
+    w, n = run.criterion.weights, run.model.config.num_decoder_layers
+    assert w.layer("main", 0, n) == (0.0, 0.0, 0.0) and w.layer("dn", 0, n) == (0.0, 0.0, 0.0)
+    last = (TINY.weight_class, TINY.weight_bbox, TINY.weight_giou)
+    assert w.layer("main", n - 1, n) == last and w.layer("dn", n - 1, n) == last
+    assert w.layer("enc", 0, 1) == last  # two-stage proposals are not aux layers
+    calls = []
+    match = run.criterion.matcher.match
+    run.criterion.matcher.match = lambda pred, targets: calls.append(1) or match(pred, targets)
+    run.train_step()  # the earlier layers are not even matched
+    assert len(calls) == 1 + run.model.config.two_stage

@@ -13,6 +13,18 @@ import numpy as np
 
 from minidetr.backend import Array, asarray
 
+# The two splits of every built-in dataset: each number seeds its own random
+# stream (and, for digits, picks its half of the source images), so the
+# held-out images never appear in training.
+SPLITS = {"train": 0, "val": 1}
+
+
+def check_split(split: str) -> int:
+    """The number of ``split`` in :data:`SPLITS`; ``ValueError`` naming the splits otherwise."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+    return SPLITS[split]
+
 
 class Sample(NamedTuple):
     image: np.ndarray  # (3, S, S) float32 in [0, 1]

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minidetr.data.dataset import Sample, place_boxes, xyxy_pixels_to_cxcywh
-from minidetr.data.shapes import SPLITS
+from minidetr.data.dataset import Sample, check_split, place_boxes, xyxy_pixels_to_cxcywh
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -39,12 +38,11 @@ class DigitsDataset:
         max_objects: int = 3,
         seed: int = 0,
     ) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+        self._stream = check_split(split)
         if image_size < 32:
             raise ValueError(f"image_size must be at least 32, got {image_size}")
         images, labels = _load_digits()
-        pick = slice(SPLITS[split], None, 2)
+        pick = slice(self._stream, None, 2)  # train: even images, val: odd ones
         self._glyphs, self._labels = images[pick], labels[pick]
         self.split, self.num_images, self.image_size = split, num_images, image_size
         self.max_objects, self.seed = max_objects, seed
@@ -55,7 +53,7 @@ class DigitsDataset:
     def __getitem__(self, index: int) -> Sample:
         if not 0 <= index < self.num_images:
             raise IndexError(f"index {index} out of range for {self.num_images} images")
-        rng = np.random.default_rng([self.seed, 10 + SPLITS[self.split], index])
+        rng = np.random.default_rng([self.seed, 10 + self._stream, index])
         s = self.image_size
         image = rng.uniform(0.0, 0.3) + rng.normal(0.0, 0.05, size=(s, s))
         count = int(rng.integers(1, self.max_objects + 1))

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minidetr.data.dataset import Sample, place_boxes, xyxy_pixels_to_cxcywh
-
-SPLITS = {"train": 0, "val": 1}
+from minidetr.data.dataset import Sample, check_split, place_boxes, xyxy_pixels_to_cxcywh
 
 
 class ShapesDataset:
@@ -31,8 +29,7 @@ class ShapesDataset:
         max_objects: int = 4,
         seed: int = 0,
     ) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+        self._stream = check_split(split)
         if image_size < 16:
             raise ValueError(f"image_size must be at least 16, got {image_size}")
         self.split, self.num_images, self.image_size = split, num_images, image_size
@@ -46,7 +43,7 @@ class ShapesDataset:
     def __getitem__(self, index: int) -> Sample:
         if not 0 <= index < self.num_images:
             raise IndexError(f"index {index} out of range for {self.num_images} images")
-        rng = np.random.default_rng([self.seed, SPLITS[self.split], index])
+        rng = np.random.default_rng([self.seed, self._stream, index])
         s = self.image_size
         background = rng.uniform(0.0, 0.6, size=3)
         image = background[:, None, None] + rng.normal(0.0, 0.06, size=(3, s, s))

@@ -2,6 +2,9 @@
 
 Dimension letters: B batch, Q queries, M heads, Dh head width, L levels,
 P sampling points per head and level, S = sum_l H_l * W_l tokens of all levels.
+In Deformable DETR's paper and code these are: B the code's N, Q its Len_q, S
+its Len_in, L the paper's L (``n_levels``), M its M (``n_heads``), P the paper's
+K (``n_points``), and D = M * Dh the paper's C (``d_model``).
 
 Deformable DETR's layout, shared by every implementation:
 
@@ -93,12 +96,16 @@ def check_ms_deform_attn_inputs(
     spatial_shapes: Sequence[Sequence[int]] | Array,
     sampling_locations: Array,
     attention_weights: Array,
+    *,
+    assume_finite: bool = False,
 ) -> SpatialShapes:
     """Check the layout above; return ``spatial_shapes`` as Python ints.
 
     Raises ``TypeError`` for a wrong kind or dtype and ``ValueError`` for a shape
     that disagrees with another argument or for non-finite sampling locations
-    (which have no pixel to read), naming the argument in each case.
+    (which have no pixel to read), naming the argument in each case. The
+    finiteness check is the one check that reads the device; ``assume_finite``
+    skips it for a caller that has made it already.
     """
     check_floating(value, "value")
     check_ndim(value, 4, "value", "(B, S, M, Dh)")
@@ -131,5 +138,6 @@ def check_ms_deform_attn_inputs(
     ):
         if x.dtype != value.dtype:
             raise TypeError(f"{name} must have the dtype of value ({value.dtype}), got {x.dtype}")
-    check_finite(sampling_locations, "sampling_locations")
+    if not assume_finite:
+        check_finite(sampling_locations, "sampling_locations")
     return shapes

@@ -190,7 +190,6 @@ def ms_deform_attn_module_forward(
             "reference_points must end in 2 (x, y) or 4 (cx, cy, w, h), "
             f"got shape {tuple(reference_points.shape)}"
         )
-    check_finite(reference_points, "reference_points")
     m, lv, p = n_heads, n_levels, n_points
     _check_params(params, d_model, m * lv * p)
     xp = namespace(query, reference_points, input_flatten)
@@ -225,7 +224,15 @@ def ms_deform_attn_module_forward(
     else:
         locations = ref[..., :2] + offsets / p * ref[..., 2:] * 0.5  # (B, Q, M, L, P, 2)
 
-    sampled, d_cache = ms_deform_attn_forward(value, shapes, locations, attn, impl=impl)
+    # one read of the device per call: a non-finite sample has no pixel to read, and the
+    # error names the input it came from
+    if not bool(xp.all(xp.isfinite(locations))):
+        check_finite(reference_points, "reference_points")
+        check_finite(query, "query")  # the offsets are a function of the query
+        check_finite(locations, "sampling_locations")  # then the parameters are to blame
+    sampled, d_cache = ms_deform_attn_forward(
+        value, shapes, locations, attn, impl=impl, assume_finite=True
+    )
     out, p_cache = linear_forward(sampled, params["output_proj.weight"], params["output_proj.bias"])
     # sampled and out: (B, Q, D)
     cache = MSDeformAttnModuleCache(

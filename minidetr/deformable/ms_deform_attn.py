@@ -71,6 +71,7 @@ def ms_deform_attn_forward(
     attention_weights: Array,
     *,
     impl: str = "auto",
+    assume_finite: bool = False,
 ) -> tuple[Array, MSDeformAttnCache]:
     """out[b, q, m] = sum_{l, p} A[b, q, m, l, p] * bilinear(V_l[b, :, m], loc[b, q, m, l, p]).
 
@@ -78,15 +79,18 @@ def ms_deform_attn_forward(
     sampling_locations (B, Q, M, L, P, 2) normalised (x, y), attention_weights
     (B, Q, M, L, P). Returns out (B, Q, M * Dh). Bilinear sampling as
     ``grid_sample(align_corners=False, padding_mode="zeros")``. Zhu et al.,
-    "Deformable DETR" (ICLR 2021), eq. 3.
+    "Deformable DETR" (ICLR 2021), eq. 3. A non-finite location raises
+    ``ValueError`` (the kernels would skip it silently) unless ``assume_finite``
+    says the caller has checked them: that check is the op's one read of the device.
     """
     impl = _choose(impl, value)
     if impl == "reference":
         return ms_deform_attn_forward_reference(
-            value, spatial_shapes, sampling_locations, attention_weights
-        )
+            value, spatial_shapes, sampling_locations, attention_weights,
+            assume_finite=assume_finite,
+        )  # fmt: skip
     shapes = check_ms_deform_attn_inputs(
-        value, spatial_shapes, sampling_locations, attention_weights
+        value, spatial_shapes, sampling_locations, attention_weights, assume_finite=assume_finite
     )
     shape_table, start_table = _tables(shapes, value)
     if impl == "numba":
@@ -95,7 +99,7 @@ def ms_deform_attn_forward(
         )
     else:
         # imported on first use: numba.cuda reads NUMBA_ENABLE_CUDASIM when first imported
-        from minidetr.kernels.ms_deform_cuda import ms_deform_attn_forward_cuda  # noqa: PLC0415
+        from minidetr.kernels.ms_deform_cuda import ms_deform_attn_forward_cuda
 
         xp = namespace(value)
         b, q = sampling_locations.shape[:2]
@@ -124,7 +128,8 @@ def ms_deform_attn_backward(dout: Array, cache: MSDeformAttnCache) -> tuple[Arra
     shape_table, start_table = _tables(cache.spatial_shapes, value)
     if cache.impl == "numba":
         return ms_deform_attn_backward_numba(dout, value, shape_table, start_table, loc, attn)
-    from minidetr.kernels.ms_deform_cuda import ms_deform_attn_backward_cuda  # noqa: PLC0415
+    # imported on first use, as in the forward
+    from minidetr.kernels.ms_deform_cuda import ms_deform_attn_backward_cuda
 
     xp = namespace(value)
     dvalue = xp.zeros(value.shape, dtype=value.dtype, device=device(value))

@@ -107,15 +107,18 @@ def ms_deform_attn_forward_reference(
     spatial_shapes: Sequence[Sequence[int]] | Array,
     sampling_locations: Array,
     attention_weights: Array,
+    *,
+    assume_finite: bool = False,
 ) -> tuple[Array, MSDeformAttnCache]:
     """out = sum_{l, p} A * bilinear(V_l, loc), readable array-API code.
 
     value (B, S, M, Dh), spatial_shapes (L, 2) as (H_l, W_l), sampling_locations
     (B, Q, M, L, P, 2) normalised (x, y), attention_weights (B, Q, M, L, P).
     Returns out (B, Q, M * Dh). Zhu et al. (2021) eq. 3; sampling as ``grid_sample``.
+    ``assume_finite``: the caller has checked that every location is finite.
     """
     shapes = check_ms_deform_attn_inputs(
-        value, spatial_shapes, sampling_locations, attention_weights
+        value, spatial_shapes, sampling_locations, attention_weights, assume_finite=assume_finite
     )
     xp = namespace(value)
     b, q = sampling_locations.shape[:2]

@@ -5,7 +5,7 @@
 count of every block.
 """
 
-from minidetr.model.config import DEFAULT_PRESET, PRESETS, ModelConfig, get_config
+from minidetr.model.config import DEFAULT_PRESET, PRESETS, ModelConfig
 from minidetr.model.detr import MiniDETR
 from minidetr.model.summary import parameter_counts, summary
 
@@ -14,7 +14,6 @@ __all__ = [
     "PRESETS",
     "MiniDETR",
     "ModelConfig",
-    "get_config",
     "parameter_counts",
     "summary",
 ]

@@ -2,13 +2,14 @@
 
 Each stage halves the resolution with a stride-2 3x3 convolution, then
 GroupNorm and ReLU, then ``backbone_blocks[i]`` residual blocks
-y = relu(x + GN(conv3x3(x))). Stage i has stride 2^(i+1); the last S stages are
-the feature maps the transformer reads (S = 1 for DETR, which reads only the
+y = relu(x + GN(conv3x3(x))). Stage i has stride 2^(i+1); the last L stages are
+the feature maps the transformer reads (L = 1 for DETR, which reads only the
 coarsest; several scales for Deformable DETR). GroupNorm rather than DETR's
 frozen BatchNorm: there are no pretrained statistics to freeze, and GroupNorm
 behaves the same at batch 1 and batch 64.
 
-Shapes: B batch, C_i channels of stage i, H_i x W_i its map = (H, W) / 2^(i+1).
+Shapes: B batch, C_i channels of stage i, H_i x W_i its map = (H, W) / 2^(i+1),
+L levels (the maps the transformer reads).
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def _conv_unit_backward(dy: Array, cache: ConvUnitCache, grads: dict, name: str)
 def backbone_forward(
     params: dict, images: Array, cfg: ModelConfig
 ) -> tuple[list[Array], BackboneCache]:
-    """Feature maps of the last S stages, finest first: each (B, C_i, H/2^(i+1), W/2^(i+1)).
+    """Feature maps of the last L stages, finest first: each (B, C_i, H/2^(i+1), W/2^(i+1)).
 
     images (B, 3, H, W), H and W multiples of ``cfg.stride`` (checked by the model).
     """
@@ -110,7 +111,7 @@ def backbone_forward(
 
 
 def backbone_backward(dfeats: list[Array], cache: BackboneCache, grads: dict) -> None:
-    """Accumulate the backbone's parameter gradients from the gradients of its S maps.
+    """Accumulate the backbone's parameter gradients from the gradients of its L maps.
 
     The image gradient is not needed (images are data), so it is dropped.
     """

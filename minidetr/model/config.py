@@ -17,9 +17,11 @@ VARIANTS = ("standard", "deformable")
 class ModelConfig:
     """Sizes and switches of a MiniDETR.
 
-    Dimension letters used across ``minidetr.model``: B batch, Q queries, L tokens
-    (pixels of every used feature map), D ``d_model``, M ``num_heads``, S
-    ``num_levels``, P ``num_points``, C ``num_classes``, F ``ffn_dim``.
+    Dimension letters used across ``minidetr.model`` (the style guide's, which are
+    Deformable DETR's): B batch, Q queries, S tokens (S = sum_l H_l W_l, the
+    pixels of every used feature map), L ``num_levels``, D ``d_model``, M
+    ``num_heads``, Dh = D / M head width, P ``num_points``, C ``num_classes``,
+    F ``ffn_dim``.
     """
 
     variant: str = "standard"  # "standard" (DETR) or "deformable" (Deformable DETR)
@@ -31,7 +33,7 @@ class ModelConfig:
     backbone_channels: tuple[int, ...] = (16, 32, 64, 128)
     backbone_blocks: tuple[int, ...] = (0, 0, 1, 1)
     num_groups: int = 8  # GroupNorm groups, in the backbone and the input projections
-    num_levels: int = 1  # S, how many of the last backbone stages feed the transformer
+    num_levels: int = 1  # L, how many of the last backbone stages feed the transformer
     d_model: int = 128
     num_heads: int = 8
     ffn_dim: int = 256
@@ -46,6 +48,10 @@ class ModelConfig:
     two_stage: bool = False  # initial boxes from the encoder's best proposals (DINO mixed queries)
     proposal_size: float = 0.05  # two-stage proposal side at the finest level, doubling per level
     denoising: bool = False  # a label embedding for DN-DETR's noised ground-truth queries
+    # Switches that reproduce the published architectures where minidetr's defaults differ:
+    learned_content: bool = True  # False: content queries start at zero (tgt = 0), as in DETR
+    share_heads: bool = True  # False: each decoder layer its own class and box head (Deformable
+    # DETR with box refinement); True: one pair for all layers (DETR, DINO)
 
     def __post_init__(self) -> None:
         for name in ("backbone_channels", "backbone_blocks"):  # lists, e.g. from JSON, to tuples
@@ -106,7 +112,7 @@ class ModelConfig:
 
     @property
     def level_strides(self) -> tuple[int, ...]:
-        """Strides of the S feature maps that feed the transformer, finest first."""
+        """Strides of the L feature maps that feed the transformer, finest first."""
         n = len(self.backbone_channels)
         return tuple(2 ** (i + 1) for i in range(n - self.num_levels, n))
 
@@ -190,10 +196,3 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 DEFAULT_PRESET = "deformable"
-
-
-def get_config(name: str) -> ModelConfig:
-    """The preset called ``name``; ``ValueError`` listing the presets otherwise."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[name]

@@ -15,7 +15,11 @@ Two kinds of query:
   Detaching between layers (Deformable DETR, section A.4) makes each layer
   learn its own correction instead of passing gradients down the stack.
 
-Shapes: B batch, N queries in the decoder (denoising and matching), D width, K logits.
+The stack's inputs come in two bundles, :class:`Queries` (the queries before the
+first layer) and :class:`~minidetr.model.memory.Memory` (what every layer reads).
+
+Shapes: B batch, N queries in the decoder (denoising and matching), S memory
+tokens, D width, K logits.
 """
 
 from __future__ import annotations
@@ -23,29 +27,41 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from minidetr.backend import Array
+from minidetr.model.attention_kind import AttentionKind
 from minidetr.model.config import ModelConfig
-from minidetr.model.heads import HeadsCache, heads_backward, heads_forward
+from minidetr.model.decoder_layer import (
+    DecoderLayerCache,
+    LayerQueries,
+    decoder_layer_backward,
+    decoder_layer_forward,
+)
+from minidetr.model.heads import HeadsCache, decoder_head_prefix, heads_backward, heads_forward
+from minidetr.model.memory import Memory
 from minidetr.model.params import accumulate_mlp, mlp_params
-from minidetr.model.queries import (
-    BoxSineCache,
+from minidetr.model.sublayers import RunContext, sum_to
+from minidetr.ops import (
     box_sine_embedding_backward,
     box_sine_embedding_forward,
     inverse_sigmoid,
+    mlp_backward,
+    mlp_forward,
+    sigmoid_backward,
+    sigmoid_forward,
 )
-from minidetr.model.transformer import (
-    AttentionKind,
-    DecoderLayerCache,
-    RunContext,
-    TokenLayout,
-    decoder_layer_backward,
-    decoder_layer_forward,
-    sum_to,
-)
-from minidetr.ops import mlp_backward, mlp_forward, sigmoid_backward, sigmoid_forward
 from minidetr.ops.activation import SigmoidCache
 from minidetr.ops.mlp import MlpCache
+from minidetr.ops.position import BoxSineCache
 
 POS_HEAD_LAYERS = 2  # MLP_pos: 2 D -> D -> D, as DAB-DETR's ref_point_head
+
+
+class Queries(NamedTuple):
+    """The decoder's N queries before the first layer: either anchors or DETR's positions."""
+
+    content: Array  # (B, N, D) tgt, what each query carries into the first layer
+    anchors: Array | None  # (B, N, 4) anchor boxes in logit space u_0, or None
+    pos: Array | None  # (1, N, D) DETR's learned positional queries, or None (anchors)
+    self_mask: Array | None  # (N, N) True = may attend, or None
 
 
 class DecoderStepCache(NamedTuple):
@@ -54,6 +70,7 @@ class DecoderStepCache(NamedTuple):
     pos_head: MlpCache | None
     layer: DecoderLayerCache
     heads: HeadsCache
+    head_prefix: str  # whose heads read this layer: "" (shared) or "decoder.layers.i."
 
 
 class DecoderCache(NamedTuple):
@@ -71,26 +88,21 @@ def decoder_forward(
     params: dict,
     cfg: ModelConfig,
     kind: AttentionKind,
-    tgt: Array,
-    ref_unsig: Array | None,
-    query_pos: Array | None,
-    memory: Array,
-    memory_pos: Array,
-    layout: TokenLayout,
-    self_mask: Array | None,
+    queries: Queries,
+    memory: Memory,
     ctx: RunContext,
     refined: tuple[Array, ...] | None = None,
 ) -> tuple[list[tuple[Array, Array]], DecoderCache]:
     """[(logits (B, N, K), boxes (B, N, 4)) for every layer], cache.
 
-    tgt (B, N, D) content queries; either ``ref_unsig`` (B, N, 4) anchor boxes in
-    logit space, or ``query_pos`` (1, N, D) DETR's learned positional queries.
-    memory (B, L, D), memory_pos (1, L, D); self_mask (N, N) True = may attend.
-    ``refined`` (an earlier cache's) replaces the detached u_1 .. u_{n-1}, so the
-    outputs become a smooth function of the parameters, as a gradient check needs.
+    ``queries`` carries either anchor boxes (B, N, 4) in logit space or DETR's
+    learned positional queries (1, N, D); ``memory`` the encoder's output
+    (B, S, D), its positions (1, S, D) and layout. ``refined`` (an earlier
+    cache's) replaces the detached u_1 .. u_{n-1}, so the outputs become a smooth
+    function of the parameters, as a gradient check needs.
     """
     outputs, steps, new_refs = [], [], []
-    h = tgt
+    h, ref_unsig, query_pos = queries.content, queries.anchors, queries.pos
     for i in range(cfg.num_decoder_layers):
         ref = ref_cache = sine = pos_head = None
         if ref_unsig is not None:
@@ -102,20 +114,16 @@ def decoder_forward(
         h, layer = decoder_layer_forward(
             params,
             f"decoder.layers.{i}",
-            h,
-            query_pos,
-            memory,
-            memory_pos,
-            ref,
-            self_mask,
-            layout,
-            kind,
-            cfg,
-            ctx,
+            queries=LayerQueries(h, query_pos, ref, queries.self_mask),
+            memory=memory,
+            kind=kind,
+            cfg=cfg,
+            ctx=ctx,
         )  # (B, N, D)
-        logits, boxes, _, heads = heads_forward(params, h, ref_unsig)
+        prefix = decoder_head_prefix(cfg, i)
+        logits, boxes, _, heads = heads_forward(params, h, ref_unsig, prefix=prefix)
         outputs.append((logits, boxes))
-        steps.append(DecoderStepCache(ref_cache, sine, pos_head, layer, heads))
+        steps.append(DecoderStepCache(ref_cache, sine, pos_head, layer, heads, prefix))
         if ref_unsig is not None and cfg.box_refine and i + 1 < cfg.num_decoder_layers:
             # detached: no gradient flows back through the next layer's reference
             ref_unsig = inverse_sigmoid(boxes) if refined is None else refined[i]
@@ -127,12 +135,12 @@ def decoder_backward(
     doutputs: list[tuple[Array, Array]], cache: DecoderCache, grads: dict
 ) -> tuple[Array, Array | None, Array | None, Array, Array | None]:
     """(dtgt (B, N, D), dref_unsig (B, N, 4) or None, dquery_pos (1, N, D) or None,
-    dmemory (B, L, D), dmemory_pos (1, L, D) or None) from each layer's (dlogits, dboxes)."""
+    dmemory (B, S, D), dmemory_pos (1, S, D) or None) from each layer's (dlogits, dboxes)."""
     dh = dref0 = dqpos0 = dmemory = dmemory_pos = None
     for i in reversed(range(len(cache.steps))):
         step = cache.steps[i]
         dlogits, dboxes = doutputs[i]
-        dh_heads, du = heads_backward(dlogits, dboxes, step.heads, grads)
+        dh_heads, du = heads_backward(dlogits, dboxes, step.heads, grads, step.head_prefix)
         dh = _add(dh, dh_heads)
         dh, dqpos, dmem, dmem_pos, dref = decoder_layer_backward(
             dh, step.layer, cache.kind, grads, f"decoder.layers.{i}"

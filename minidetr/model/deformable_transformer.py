@@ -1,6 +1,6 @@
 """Deformable DETR's attention in the encoder and in the decoder's cross-attention.
 
-Dense attention lets every query weigh all L tokens: O(L^2) in the encoder, and
+Dense attention lets every query weigh all S tokens: O(S^2) in the encoder, and
 slow to learn where to look. Multi-scale deformable attention (``MSDeformAttn``,
 :mod:`minidetr.deformable.module`) lets each query read only P points per head
 and level, placed around a reference point by offsets it predicts itself:
@@ -14,7 +14,7 @@ Everything else (FFN, post-norm, decoder self-attention) is the dense
 transformer's; this module only supplies an :class:`AttentionKind`.
 Zhu et al., "Deformable DETR" (ICLR 2021), sections 4.1 and A.2.
 
-Shapes: B batch, L tokens, Q queries, S levels, D width.
+Shapes: B batch, S tokens, Q queries, L levels, D width.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ from minidetr.deformable.module import (
     ms_deform_attn_module_backward,
     ms_deform_attn_module_forward,
 )
+from minidetr.model.attention_kind import AttentionKind
+from minidetr.model.memory import Memory, TokenLayout
 from minidetr.model.params import accumulate
-from minidetr.model.transformer import AttentionKind, TokenLayout
 
 
 def init_deformable_attention(out: dict, name: str, cfg: Any, rng: np.random.Generator) -> None:
@@ -72,11 +73,14 @@ def deformable_self_attention_forward(
     layout: TokenLayout,
     mask: Array | None = None,
 ) -> tuple[Array, MSDeformAttnModuleCache]:
-    """MSDeformAttn(query = x + pos, reference = pixel centres, value = x). x (B, L, D)."""
+    """MSDeformAttn(query = x + pos, reference = pixel centres, value = x). x (B, S, D).
+
+    Every token is a query: the module's Q is S here.
+    """
     xp = namespace(x)
-    b, n, _ = x.shape
-    s = len(layout.spatial_shapes)
-    ref = xp.broadcast_to(layout.reference_points[:, :, None, :], (b, n, s, 2))  # (B, L, S, 2)
+    b, s, _ = x.shape
+    lv = len(layout.spatial_shapes)
+    ref = xp.broadcast_to(layout.reference_points[:, :, None, :], (b, s, lv, 2))  # (B, S, L, 2)
     return _attend(params, name, x + pos, ref, x, cfg, layout)
 
 
@@ -93,23 +97,21 @@ def deformable_cross_attention_forward(
     name: str,
     tgt: Array,
     query_pos: Array,
-    memory: Array,
-    memory_pos: Array,
     ref_boxes: Array,
+    memory: Memory,
     cfg: Any,
-    layout: TokenLayout,
 ) -> tuple[Array, MSDeformAttnModuleCache]:
     """MSDeformAttn(query = tgt + query_pos, reference = ref_boxes on every level, value = memory).
 
-    tgt (B, Q, D), ref_boxes (B, Q, 4) cxcywh in [0, 1], memory (B, L, D). As in
-    Deformable DETR the memory's positions do not enter: where to look comes from
-    the reference boxes.
+    tgt (B, Q, D), ref_boxes (B, Q, 4) cxcywh in [0, 1], memory.tokens (B, S, D). As
+    in Deformable DETR the memory's positions do not enter: where to look comes
+    from the reference boxes.
     """
     xp = namespace(tgt)
     b, q, _ = tgt.shape
-    s = len(layout.spatial_shapes)
-    ref = xp.broadcast_to(ref_boxes[:, :, None, :], (b, q, s, 4))  # (B, Q, S, 4)
-    return _attend(params, name, tgt + query_pos, ref, memory, cfg, layout)
+    lv = len(memory.layout.spatial_shapes)
+    ref = xp.broadcast_to(ref_boxes[:, :, None, :], (b, q, lv, 4))  # (B, Q, L, 4)
+    return _attend(params, name, tgt + query_pos, ref, memory.tokens, cfg, memory.layout)
 
 
 def deformable_cross_attention_backward(

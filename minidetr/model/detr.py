@@ -2,14 +2,15 @@
 
 forward, step by step (each a call to an op pair met in the lessons):
 
-1. backbone       conv2d + groupnorm + relu, stride 2 per stage    -> S maps (B, C_l, H_l, W_l)
+1. backbone       conv2d + groupnorm + relu, stride 2 per stage    -> L maps (B, C_l, H_l, W_l)
 2. tokens         1x1 conv2d + groupnorm, flatten; sine positions (+ level embedding)
-                                                                    -> src (B, L, D), pos (1, L, D)
-3. encoder        self-attention (dense or deformable) + FFN, post-norm   -> memory (B, L, D)
+                                                                    -> src (B, S, D), pos (1, S, D)
+3. encoder        self-attention (dense or deformable) + FFN, post-norm   -> memory (B, S, D)
 4. queries        learned content (Q, D) with DETR's learned positions, learned anchor boxes,
-                  or the encoder's K best proposals (two-stage); denoising queries in front
+                  or the encoder's Q best proposals (two-stage); denoising queries in front
 5. decoder        self-attention, cross-attention to memory, FFN; heads on every layer
-6. outputs        {"pred_logits", "pred_boxes", "aux_outputs", "dn", "enc_outputs"}
+6. outputs        SetOutputs: per decoder layer, the "main" queries, "dn" denoising
+                  queries and "enc" two-stage proposals (DETR's outputs dict via .to_dict())
 
 backward runs the same list in reverse and returns a gradient for every parameter.
 Carion et al., "End-to-End Object Detection with Transformers" (2020); Zhu et
@@ -17,7 +18,7 @@ al., "Deformable DETR" (2021); Liu et al., "DAB-DETR" (2022); Li et al., "DN-DET
 (2022); Zhang et al., "DINO" (2023).
 
 Shapes: B batch, 3 x H x W images, Q matching queries, Qdn denoising queries,
-L memory tokens, D width, K logits (C + 1, or C with focal loss).
+S memory tokens, L levels, D width, K logits (C + 1, or C with focal loss).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 
 from minidetr.backend import Array, Rng, asarray, namespace
 from minidetr.checks import check_dim, check_floating, check_ndim
-from minidetr.denoising import DenoisingQueries
+from minidetr.model.attention_kind import STANDARD, AttentionKind
 from minidetr.model.backbone import (
     BackboneCache,
     backbone_backward,
@@ -36,15 +37,15 @@ from minidetr.model.backbone import (
     init_backbone,
 )
 from minidetr.model.config import ModelConfig
-from minidetr.model.decoder import DecoderCache, decoder_backward, decoder_forward
-from minidetr.model.heads import init_heads
-from minidetr.model.params import accumulate, add_mlp, check_params
-from minidetr.model.queries import (
-    EmbeddingCache,
-    embedding_backward,
-    embedding_forward,
-    inverse_sigmoid,
-)
+from minidetr.model.decoder import DecoderCache, Queries, decoder_backward, decoder_forward
+from minidetr.model.decoder_layer import init_decoder_layers
+from minidetr.model.deformable_transformer import DEFORMABLE
+from minidetr.model.encoder import encoder_backward, encoder_forward, init_encoder
+from minidetr.model.heads import init_decoder_heads
+from minidetr.model.memory import Memory
+from minidetr.model.params import accumulate, check_params
+from minidetr.model.queries import init_queries
+from minidetr.model.sublayers import RunContext
 from minidetr.model.tokens import (
     TokensCache,
     init_tokens,
@@ -52,30 +53,21 @@ from minidetr.model.tokens import (
     tokens_backward,
     tokens_forward,
 )
-from minidetr.model.transformer import (
-    STANDARD,
-    AttentionKind,
-    RunContext,
-    encoder_backward,
-    encoder_forward,
-    init_decoder_layers,
-    init_encoder,
-)
 from minidetr.model.two_stage import (
     TwoStageCache,
     init_two_stage,
     two_stage_backward,
     two_stage_forward,
 )
+from minidetr.ops import embedding_backward, embedding_forward, inverse_sigmoid
+from minidetr.ops.embedding import EmbeddingCache
+from minidetr.outputs import DN, ENC, MAIN, Predictions, QueryGroup, SetOutputs
+from minidetr.setloss.denoising import DenoisingQueries
 
 
 def attention_kind(cfg: ModelConfig) -> AttentionKind:
     """Dense attention for DETR, multi-scale deformable attention for Deformable DETR."""
-    if cfg.variant == "deformable":
-        from minidetr.model.deformable_transformer import DEFORMABLE  # noqa: PLC0415
-
-        return DEFORMABLE
-    return STANDARD
+    return DEFORMABLE if cfg.variant == "deformable" else STANDARD
 
 
 class MiniDETRCache(NamedTuple):
@@ -121,18 +113,8 @@ class MiniDETR:
         out.update(init_tokens(cfg, rng))
         out.update(init_encoder(cfg, rng, self.kind))
         out.update(init_decoder_layers(cfg, rng, self.kind))
-        q, d = cfg.num_queries, cfg.d_model
-        out["query.content"] = rng.standard_normal((q, d))
-        if not cfg.anchor_queries:
-            out["query.pos"] = rng.standard_normal((q, d))
-        else:
-            add_mlp(out, "query.pos_head", rng, (2 * d, d, d))
-            if not cfg.two_stage:  # centres uniform in the image, sides 0.1 (in logit space)
-                boxes = np.concatenate([rng.uniform(0.05, 0.95, (q, 2)), np.full((q, 2), 0.1)], 1)
-                out["query.anchors"] = np.log(boxes / (1.0 - boxes))
-        if cfg.denoising:  # one row per class and one for denoising padding slots
-            out["query.label_embed"] = rng.standard_normal((cfg.num_classes + 1, d))
-        out.update(init_heads(cfg, rng))
+        out.update(init_queries(cfg, rng))
+        out.update(init_decoder_heads(cfg, rng))
         if cfg.two_stage:
             out.update(init_two_stage(cfg, rng))
         return out
@@ -171,7 +153,7 @@ class MiniDETR:
                 f"images height and width must be positive multiples of the backbone stride {s}, "
                 f"got {h}x{w}; pad or resize them"
             )
-        dtype = params["query.content"].dtype
+        dtype = params["backbone.stages.0.conv.weight"].dtype
         if images.dtype != dtype:
             raise TypeError(f"images must have the parameters' dtype {dtype}, got {images.dtype}")
         namespace(images, *params.values())  # TypeError when array libraries mix
@@ -185,14 +167,15 @@ class MiniDETR:
         rng: Rng | None = None,
         denoising: DenoisingQueries | None = None,
         detached: dict | None = None,
-    ) -> tuple[dict, MiniDETRCache]:
-        """DETR's ``outputs`` dict for images (B, 3, H, W), and the cache for :meth:`backward`.
+    ) -> tuple[SetOutputs, MiniDETRCache]:
+        """The predictions for images (B, 3, H, W), and the cache for :meth:`backward`.
 
-        outputs: "pred_logits" (B, Q, K), "pred_boxes" (B, Q, 4) cxcywh in (0, 1),
-        "aux_outputs" (one dict per earlier decoder layer), with two-stage
-        "enc_outputs" (the Q selected proposals), and with ``denoising`` (from
-        ``minidetr.denoising.make_denoising_queries``) "dn": the same for the Qdn
-        denoising queries plus "meta", as ``SetCriterion`` reads it. ``rng`` feeds
+        outputs (:class:`~minidetr.outputs.SetOutputs`): group "main" holds, per decoder
+        layer, logits (B, Q, K) and boxes (B, Q, 4) cxcywh in (0, 1) (``outputs.pred_logits``
+        and ``outputs.pred_boxes`` are the last layer's); two-stage models add "enc" (the Q
+        selected proposals); with ``denoising`` (from
+        ``minidetr.setloss.denoising.make_denoising_queries``) "dn" holds the same for the
+        Qdn denoising queries, with the DenoisingQueries as its ``meta``. ``rng`` feeds
         dropout when ``train`` and ``dropout > 0``. ``detached`` (an earlier
         ``cache.detached``) holds the detached values fixed, so that the outputs are a
         smooth function of the parameters (for gradient checks), as the criterion's
@@ -205,13 +188,16 @@ class MiniDETR:
             rng = Rng(rng)
         xp = namespace(images)
         ctx = RunContext(cfg.dropout, train, rng)
-        feats, bb = backbone_forward(params, images, cfg)  # S x (B, C_l, H_l, W_l)
-        src, pos, layout, tk = tokens_forward(params, feats, cfg)  # (B, L, D), (1, L, D)
-        memory, enc = encoder_forward(params, src, pos, layout, self.kind, cfg, ctx)  # (B, L, D)
+        feats, bb = backbone_forward(params, images, cfg)  # L x (B, C_l, H_l, W_l)
+        src, pos, layout, tk = tokens_forward(params, feats, cfg)  # (B, S, D), (1, S, D)
+        memory, enc = encoder_forward(params, src, pos, layout, self.kind, cfg, ctx)  # (B, S, D)
 
         b, q, d = images.shape[0], cfg.num_queries, cfg.d_model
-        outputs: dict = {}
-        tgt = xp.broadcast_to(params["query.content"][None, ...], (b, q, d))  # (B, Q, D)
+        groups: dict = {}
+        if cfg.learned_content:
+            tgt = xp.broadcast_to(params["query.content"][None, ...], (b, q, d))  # (B, Q, D)
+        else:  # DETR: the decoder starts from zero, the positions say which query is which
+            tgt = xp.zeros((b, q, d), dtype=images.dtype, device=images.device)
         ref_unsig = query_pos = ts = None
         if cfg.two_stage:
             if memory.shape[1] < q:
@@ -225,7 +211,7 @@ class MiniDETR:
                 cfg,
                 None if detached is None else detached["two_stage"],
             )  # ref_unsig (B, Q, 4), a constant
-            outputs["enc_outputs"] = {"pred_logits": enc_logits, "pred_boxes": enc_boxes}
+            groups[ENC] = QueryGroup((Predictions(enc_logits, enc_boxes),))
         elif cfg.anchor_queries:
             ref_unsig = xp.broadcast_to(params["query.anchors"][None, ...], (b, q, 4))
         else:
@@ -245,26 +231,18 @@ class MiniDETR:
             params,
             cfg,
             self.kind,
-            tgt,
-            ref_unsig,
-            query_pos,
-            memory,
-            pos,
-            layout,
-            mask,
-            ctx,
-            None if detached is None else detached["refined"],
+            queries=Queries(tgt, ref_unsig, query_pos, mask),
+            memory=Memory(memory, pos, layout),
+            ctx=ctx,
+            refined=None if detached is None else detached["refined"],
         )
-        main = [{"pred_logits": lg[:, qdn:, :], "pred_boxes": bx[:, qdn:, :]} for lg, bx in layers]
-        outputs.update(main[-1])
-        outputs["aux_outputs"] = main[:-1]
+        main = tuple(Predictions(lg[:, qdn:, :], bx[:, qdn:, :]) for lg, bx in layers)
+        groups = {MAIN: QueryGroup(main), **groups}
         if denoising is not None:
-            dn = [
-                {"pred_logits": lg[:, :qdn, :], "pred_boxes": bx[:, :qdn, :]} for lg, bx in layers
-            ]
-            outputs["dn"] = {**dn[-1], "aux_outputs": dn[:-1], "meta": denoising}
+            dn = tuple(Predictions(lg[:, :qdn, :], bx[:, :qdn, :]) for lg, bx in layers)
+            groups[DN] = QueryGroup(dn, denoising)
         cache = MiniDETRCache(bb, tk, enc, ts, emb, dec, qdn)
-        return outputs, cache
+        return SetOutputs(groups), cache
 
     def _check_denoising(self, dn: Any, batch: int) -> None:
         if not isinstance(dn, DenoisingQueries):
@@ -283,15 +261,18 @@ class MiniDETR:
 
     # ------------------------------------------------------------------ backward
 
-    def backward(self, output_grads: dict, cache: MiniDETRCache) -> dict:
+    def backward(self, output_grads: SetOutputs | dict, cache: MiniDETRCache) -> dict:
         """dLoss/dparams for every parameter (same keys and shapes as ``params``).
 
-        output_grads mirrors ``outputs``: "pred_logits", "pred_boxes",
-        "aux_outputs", "dn", "enc_outputs"; an entry that is missing or None is a
-        zero gradient (a loss that does not read it).
+        output_grads mirrors ``outputs`` (SetOutputs, e.g. ``SetCriterion.backward``'s, or
+        DETR's dict); a group, layer or array that is missing or None is a zero gradient
+        (a loss that does not read it).
         """
-        if not isinstance(output_grads, dict):
-            raise TypeError(f"output_grads must be a dict, got {type(output_grads).__name__}")
+        if not isinstance(output_grads, (SetOutputs, dict)):
+            raise TypeError(
+                f"output_grads must be SetOutputs or a dict, got {type(output_grads).__name__}"
+            )
+        output_grads = SetOutputs.from_dict(output_grads)
         cfg = self.config
         grads: dict = {}
         doutputs = self._layer_grads(output_grads, cache)
@@ -301,12 +282,12 @@ class MiniDETR:
         if cache.label_embed is not None:
             (dtable,) = embedding_backward(dtgt[:, :qdn, :], cache.label_embed)
             accumulate(grads, "query.label_embed", dtable)
-        accumulate(grads, "query.content", xp.sum(dtgt[:, qdn:, :], axis=0))
+        if cfg.learned_content:
+            accumulate(grads, "query.content", xp.sum(dtgt[:, qdn:, :], axis=0))
         if cache.two_stage is not None:
-            enc = output_grads.get("enc_outputs") or {}
-            dmem = two_stage_backward(
-                enc.get("pred_logits"), enc.get("pred_boxes"), cache.two_stage, grads
-            )
+            enc = output_grads.group(ENC)
+            denc = Predictions(None, None) if enc is None else enc.layers[-1]
+            dmem = two_stage_backward(denc.logits, denc.boxes, cache.two_stage, grads)
             dmemory = dmemory if dmem is None else dmemory + dmem
         elif cfg.anchor_queries:
             accumulate(grads, "query.anchors", xp.sum(dref[:, qdn:, :], axis=0))
@@ -323,43 +304,53 @@ class MiniDETR:
             for k, s in self.param_shapes.items()
         }
 
-    def _layer_grads(self, output_grads: dict, cache: MiniDETRCache) -> list[tuple]:
+    def _layer_grads(self, output_grads: SetOutputs, cache: MiniDETRCache) -> list[tuple]:
         """(dlogits, dboxes) per decoder layer over all Qdn + Q queries, zeros where absent."""
         steps = cache.decoder.steps
         n = len(steps)
-        main = self._per_layer(output_grads, n, "output_grads")
-        dn = self._per_layer(output_grads.get("dn") or {}, n, "output_grads['dn']")
+        main = _per_layer(output_grads.group(MAIN), n, "main")
+        dn = _per_layer(output_grads.group(DN), n, "dn")
         out = []
         for i, step in enumerate(steps):
-            logits_shape = tuple(step.heads.cls.x.shape[:2]) + (self.config.num_logits,)
             like = step.heads.cls.x
             xp = namespace(like)
+            b, nq = like.shape[0], like.shape[1]
             pair = []
-            for j, width in enumerate((logits_shape[2], 4)):
-                b, nq = logits_shape[0], logits_shape[1]
-                parts = [(dn[i][j], cache.num_dn), (main[i][j], nq - cache.num_dn)]
+            k = self.config.num_logits
+            for width, g_dn, g_main in (
+                (k, dn[i].logits, main[i].logits),
+                (4, dn[i].boxes, main[i].boxes),
+            ):
                 blocks = []
-                for g, count in parts:
+                for name, g, count in (
+                    ("dn", g_dn, cache.num_dn),
+                    ("main", g_main, nq - cache.num_dn),
+                ):
                     if count == 0:
                         continue
                     if g is None:
                         g = xp.zeros((b, count, width), dtype=like.dtype, device=like.device)
                     elif tuple(g.shape) != (b, count, width):
                         raise ValueError(
-                            f"a gradient of decoder layer {i} must have shape {(b, count, width)}, "
-                            f"got {tuple(g.shape)}"
+                            f"the {name} gradient of decoder layer {i} must have shape "
+                            f"{(b, count, width)}, got {tuple(g.shape)}"
                         )
                     blocks.append(g)
                 pair.append(blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=1))
             out.append(tuple(pair))
         return out
 
-    @staticmethod
-    def _per_layer(d: dict, n: int, where: str) -> list[tuple]:
-        """[(dlogits, dboxes)] for layers 0..n-1 from a DETR-style dict (last = top level)."""
-        aux = d.get("aux_outputs") or []
-        if len(aux) not in (0, n - 1):
-            raise ValueError(f"{where}['aux_outputs'] must hold {n - 1} layers, got {len(aux)}")
-        layers = list(aux) if aux else [{}] * (n - 1)
-        layers.append(d)
-        return [(a.get("pred_logits"), a.get("pred_boxes")) for a in layers]
+
+def _per_layer(group: QueryGroup | None, n: int, name: str) -> list[Predictions]:
+    """A group's n per-layer gradients; a group given for its last layer only is padded."""
+    if group is None:
+        return [Predictions(None, None)] * n
+    layers = list(group.layers)
+    if len(layers) == 1:
+        layers = [Predictions(None, None)] * (n - 1) + layers
+    if len(layers) != n:
+        raise ValueError(
+            f"output_grads group {name!r} must hold {n} decoder layers (or the last), "
+            f"got {len(layers)}"
+        )
+    return layers

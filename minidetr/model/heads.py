@@ -6,7 +6,9 @@ boxes  = sigmoid(MLP(h) [+ u_ref])          (B, Q, 4), cxcywh in (0, 1)
 With anchor queries the MLP predicts a correction in logit space of the
 query's reference box u_ref (Deformable DETR's iterative refinement, DAB-DETR).
 The same heads read every decoder layer, which is what DETR's auxiliary losses
-need. Carion et al. (2020), ``models/detr.py``; Zhu et al. (2021), section 4.2.
+need; with ``share_heads=False`` each layer has its own (Deformable DETR's
+iterative refinement clones them). Carion et al. (2020), ``models/detr.py``;
+Zhu et al. (2021), section 4.2.
 """
 
 from __future__ import annotations
@@ -51,6 +53,21 @@ def init_heads(cfg: ModelConfig, rng: np.random.Generator, prefix: str = "") -> 
         )
     add_mlp(out, f"{prefix}box_head", rng, (d, d, d, 4))
     out[f"{prefix}box_head.layers.{BOX_MLP_LAYERS - 1}.bias"] = np.zeros(4)
+    return out
+
+
+def decoder_head_prefix(cfg: ModelConfig, layer: int) -> str:
+    """The heads decoder layer ``layer`` reads: ``""`` when shared, else ``decoder.layers.i.``."""
+    return "" if cfg.share_heads else f"decoder.layers.{layer}."
+
+
+def init_decoder_heads(cfg: ModelConfig, rng: np.random.Generator) -> dict:
+    """One pair of heads shared by every decoder layer, or one pair per layer (``share_heads``)."""
+    if cfg.share_heads:
+        return init_heads(cfg, rng)
+    out: dict = {}
+    for i in range(cfg.num_decoder_layers):
+        out.update(init_heads(cfg, rng, prefix=decoder_head_prefix(cfg, i)))
     return out
 
 

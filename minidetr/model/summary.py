@@ -7,6 +7,7 @@ import sys
 from typing import TextIO
 
 from minidetr.model.config import ModelConfig
+from minidetr.model.detr import MiniDETR
 
 
 def _block(name: str) -> str:
@@ -22,8 +23,6 @@ def _block(name: str) -> str:
 
 def parameter_counts(config: ModelConfig) -> dict[str, int]:
     """Block name -> number of scalar parameters, in the order the forward uses them."""
-    from minidetr.model.detr import MiniDETR  # noqa: PLC0415 - detr imports this package
-
     counts: dict[str, int] = {}
     for name, shape in MiniDETR(config).param_shapes.items():
         block = _block(name)

@@ -1,14 +1,14 @@
 """From feature maps to the transformer's tokens: projection, positions, levels.
 
-Each of the S backbone maps is projected to width D by a 1x1 convolution and
+Each of the L backbone maps is projected to width D by a 1x1 convolution and
 GroupNorm (Deformable DETR's ``input_proj``), flattened row-major and the
-levels concatenated into L = sum_l H_l W_l tokens. Every token gets DETR's 2-D
+levels concatenated into S = sum_l H_l W_l tokens. Every token gets DETR's 2-D
 sine position encoding of its own map, plus a learned embedding of its level
 when there are several, so that attention can tell a stride-8 pixel from a
 stride-32 one. Images in a batch share one size: there is no padding mask (pad
 or resize in the data pipeline).
 
-Shapes: B batch, C_l channels of map l, H_l x W_l its size, L tokens, D width.
+Shapes: B batch, L levels, C_l channels of map l, H_l x W_l its size, S tokens, D width.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import numpy as np
 
 from minidetr.backend import Array, namespace
 from minidetr.model.config import ModelConfig
+from minidetr.model.memory import TokenLayout
 from minidetr.model.params import accumulate, add_norm, xavier_uniform
-from minidetr.model.transformer import TokenLayout
 from minidetr.ops import (
     conv2d_backward,
     conv2d_forward,
@@ -33,7 +33,7 @@ from minidetr.ops.normalization import NormCache
 
 
 def init_tokens(cfg: ModelConfig, rng: np.random.Generator) -> dict:
-    """``input_proj.l``: 1x1 conv (Xavier, zero bias) + GroupNorm; ``level_embed`` (S, D)."""
+    """``input_proj.l``: 1x1 conv (Xavier, zero bias) + GroupNorm; ``level_embed`` (L, D)."""
     out: dict = {}
     d = cfg.d_model
     for lvl, c in enumerate(cfg.backbone_channels[-cfg.num_levels :]):
@@ -55,7 +55,7 @@ class TokensCache(NamedTuple):
 def tokens_forward(
     params: dict, feats: list[Array], cfg: ModelConfig
 ) -> tuple[Array, Array, TokenLayout, TokensCache]:
-    """(src (B, L, D), pos (1, L, D), layout, cache) from the S maps feats[l] (B, C_l, H_l, W_l)."""
+    """(src (B, S, D), pos (1, S, D), layout, cache) from the L maps feats[l] (B, C_l, H_l, W_l)."""
     xp = namespace(feats[0])
     srcs, poss, convs, norms, shapes = [], [], [], [], []
     for lvl, feat in enumerate(feats):
@@ -74,8 +74,8 @@ def tokens_forward(
     starts = tuple(int(s) for s in np.cumsum([0] + [h * w for h, w in shapes[:-1]]))
     ref = reference_points(shapes, feats[0]) if cfg.variant == "deformable" else None
     layout = TokenLayout(shapes, starts, ref)
-    src = xp.concat(srcs, axis=1)  # (B, L, D)
-    pos = xp.concat(poss, axis=1)  # (1, L, D)
+    src = xp.concat(srcs, axis=1)  # (B, S, D)
+    pos = xp.concat(poss, axis=1)  # (1, S, D)
     return (
         src,
         pos,
@@ -98,7 +98,7 @@ def _level_position(params: dict, lvl: int, h: int, w: int, d: int, like: Array)
 def tokens_backward(
     dsrc: Array, dpos: Array | None, cache: TokensCache, grads: dict
 ) -> list[Array]:
-    """Gradients of the S maps from dsrc (B, L, D); dpos (1, L, D) or None feeds ``level_embed``."""
+    """Gradients of the L maps from dsrc (B, S, D); dpos (1, S, D) or None feeds ``level_embed``."""
     xp = namespace(dsrc)
     layout = cache.layout
     dfeats, level_rows = [], []
@@ -117,12 +117,12 @@ def tokens_backward(
         if dpos is not None:
             level_rows.append(xp.sum(dpos[0, start : start + h * w, :], axis=0))  # (D,)
     if cache.has_level_embed and dpos is not None:
-        accumulate(grads, "level_embed", xp.stack(level_rows))  # (S, D)
+        accumulate(grads, "level_embed", xp.stack(level_rows))  # (L, D)
     return dfeats
 
 
 def reference_points(shapes: tuple[tuple[int, int], ...], like: Array) -> Array:
-    """Pixel centres of every level: (1, L, 2) as (x, y) = ((j + 1/2) / W_l, (i + 1/2) / H_l).
+    """Pixel centres of every level: (1, S, 2) as (x, y) = ((j + 1/2) / W_l, (i + 1/2) / H_l).
 
     The deformable encoder's reference points (Zhu et al. 2021, ``get_reference_points``).
     """
@@ -134,22 +134,22 @@ def reference_points(shapes: tuple[tuple[int, int], ...], like: Array) -> Array:
         gx = xp.reshape(xp.broadcast_to(xs[None, :], (h, w)), (h * w,))
         gy = xp.reshape(xp.broadcast_to(ys[:, None], (h, w)), (h * w,))
         points.append(xp.stack([gx, gy], axis=-1))  # (H W, 2)
-    return xp.concat(points, axis=0)[None, ...]  # (1, L, 2)
+    return xp.concat(points, axis=0)[None, ...]  # (1, S, 2)
 
 
 def proposals(layout: TokenLayout, like: Array, base_size: float = 0.05) -> Array:
     """One box per token, in logit space: its pixel centre, side base_size * 2^l at level l.
 
-    (L, 4) inverse_sigmoid(cx, cy, w, h); the two-stage encoder refines these
+    (S, 4) inverse_sigmoid(cx, cy, w, h); the two-stage encoder refines these
     (Zhu et al. 2021, ``gen_encoder_output_proposals``, base_size 0.05 on images of
     800 pixels). Every centre is inside the image and the config keeps every side
     below 1, so no proposal needs masking here.
     """
     xp = namespace(like)
-    centres = reference_points(layout.spatial_shapes, like)[0, ...]  # (L, 2)
+    centres = reference_points(layout.spatial_shapes, like)[0, ...]  # (S, 2)
     sides = [
         xp.full((h * w, 2), base_size * 2.0**lvl, dtype=like.dtype, device=like.device)
         for lvl, (h, w) in enumerate(layout.spatial_shapes)
     ]
-    boxes = xp.concat([centres, xp.concat(sides, axis=0)], axis=1)  # (L, 4)
+    boxes = xp.concat([centres, xp.concat(sides, axis=0)], axis=1)  # (S, 4)
     return xp.log(boxes / (1.0 - boxes))

@@ -1,18 +1,20 @@
-"""Two-stage queries: the encoder proposes boxes, the best K become the decoder's anchors.
+"""Two-stage queries: the encoder proposes boxes, the best Q become the decoder's anchors.
 
-Every memory token t proposes a box around its own pixel (a square of side
-0.05 * 2^level, in logit space p_t). A small head scores and refines it:
+Every memory token t proposes a box around its own pixel: a square of side
+``proposal_size * 2^l`` at level l, in logit space p_t (``ModelConfig.proposal_size``:
+0.05 as in Deformable DETR by default, 0.1 in the ``deformable`` preset, whose
+64-pixel images hold larger objects). A small head scores and refines it:
 
     e_t      = LN(W memory_t + b)
     logits_t = class_head_enc(e_t),   u_t = box_head_enc(e_t) + p_t
 
-and the K tokens with the highest object score give the decoder its anchor
+and the Q tokens with the highest object score give the decoder its anchor
 boxes u (detached) while the content queries stay learned: DINO's "mixed query
-selection". The K selected proposals are returned as ``enc_outputs`` so a loss
+selection". The Q selected proposals are returned as ``enc_outputs`` so a loss
 can train the head (Deformable DETR's two-stage loss, DINO's interm loss).
 Zhu et al. (2021) section 4.2; Zhang et al., "DINO" (2023) section 3.4.
 
-Shapes: B batch, L tokens, K selected = Q queries, D width, C' logits.
+Shapes: B batch, S tokens, Q selected (one per query), D width, K logits.
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ class TwoStageCache(NamedTuple):
     proj: LinearCache
     norm: NormCache
     heads: HeadsCache
-    select: Array  # (B, K, L) one-hot rows: selected query k is token select[b, k]
-    anchors: Array  # (B, K, 4) the selected u, handed to the decoder detached
+    select: Array  # (B, Q, S) one-hot rows: row q marks the token that query q takes
+    anchors: Array  # (B, Q, 4) the selected u, handed to the decoder detached
 
 
 def two_stage_forward(
@@ -56,42 +58,42 @@ def two_stage_forward(
     cfg: ModelConfig,
     fixed: tuple[Array, Array] | None = None,
 ) -> tuple[Array, Array, Array, TwoStageCache]:
-    """(logits (B, K, C'), boxes (B, K, 4) of the K best proposals, their u (B, K, 4), cache).
+    """(logits (B, Q, K), boxes (B, Q, 4) of the Q best proposals, their u (B, Q, 4), cache).
 
-    memory (B, L, D), proposals (L, 4) in logit space. ``u`` is a constant for the
+    memory (B, S, D), proposals (S, 4) in logit space. ``u`` is a constant for the
     decoder: no gradient reaches the proposals through the anchors. ``fixed`` =
     (select, u) of an earlier cache holds the choice and the anchors fixed (for
-    gradient checks: the top-K choice is a step function).
+    gradient checks: the top-Q choice is a step function).
     """
     xp = namespace(memory)
     e, proj = linear_forward(memory, params["enc_output.weight"], params["enc_output.bias"])
     e, norm = layernorm_forward(e, params["enc_output.norm.weight"], params["enc_output.norm.bias"])
     logits, boxes, u, heads = heads_forward(params, e, proposals[None, ...], prefix=PREFIX)
     if cfg.focal:
-        score = xp.max(logits, axis=-1)  # (B, L) best class logit
+        score = xp.max(logits, axis=-1)  # (B, S) best class logit
     else:
         shifted = logits - xp.max(logits, axis=-1, keepdims=True)
         p = xp.exp(shifted) / xp.sum(xp.exp(shifted), axis=-1, keepdims=True)
-        score = xp.max(p[..., : cfg.num_classes], axis=-1)  # (B, L) best object probability
+        score = xp.max(p[..., : cfg.num_classes], axis=-1)  # (B, S) best object probability
     if fixed is None:
         top = xp.argsort(score, axis=1, descending=True, stable=True)[:, : cfg.num_queries]
         tokens = xp.arange(memory.shape[1], device=memory.device)
-        select = xp.astype(top[..., None] == tokens, memory.dtype)  # (B, K, L)
-        sel_u = xp.matmul(select, u)  # (B, K, 4)
+        select = xp.astype(top[..., None] == tokens, memory.dtype)  # (B, Q, S)
+        sel_u = xp.matmul(select, u)  # (B, Q, 4)
     else:
         select, sel_u = fixed
-    sel_logits = xp.matmul(select, logits)  # (B, K, C')
-    sel_boxes = xp.matmul(select, boxes)  # (B, K, 4)
+    sel_logits = xp.matmul(select, logits)  # (B, Q, K)
+    sel_boxes = xp.matmul(select, boxes)  # (B, Q, 4)
     return sel_logits, sel_boxes, sel_u, TwoStageCache(proj, norm, heads, select, sel_u)
 
 
 def two_stage_backward(
     dlogits: Array | None, dboxes: Array | None, cache: TwoStageCache, grads: dict
 ) -> Array | None:
-    """dmemory (B, L, D) from the gradients of the selected logits and boxes (None = zero)."""
-    st = cache.select.mT  # (B, L, K) scatters each selected query back to its token
-    dl = None if dlogits is None else namespace(st).matmul(st, dlogits)  # (B, L, C')
-    db = None if dboxes is None else namespace(st).matmul(st, dboxes)  # (B, L, 4)
+    """dmemory (B, S, D) from the gradients of the selected logits and boxes (None = zero)."""
+    st = cache.select.mT  # (B, S, Q) scatters each selected query back to its token
+    dl = None if dlogits is None else namespace(st).matmul(st, dlogits)  # (B, S, K)
+    db = None if dboxes is None else namespace(st).matmul(st, dboxes)  # (B, S, 4)
     de, _ = heads_backward(dl, db, cache.heads, grads, prefix=PREFIX)
     if de is None:
         return None

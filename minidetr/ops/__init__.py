@@ -11,12 +11,14 @@ first use, since ``minidetr.attention`` itself imports ``minidetr.ops``).
 from minidetr.ops.activation import (
     dropout_backward,
     dropout_forward,
+    inverse_sigmoid,
     relu_backward,
     relu_forward,
     sigmoid_backward,
     sigmoid_forward,
 )
 from minidetr.ops.conv import conv2d_backward, conv2d_forward
+from minidetr.ops.embedding import embedding_backward, embedding_forward
 from minidetr.ops.linear import linear_backward, linear_forward
 from minidetr.ops.mlp import mlp_backward, mlp_forward
 from minidetr.ops.normalization import (
@@ -25,7 +27,11 @@ from minidetr.ops.normalization import (
     layernorm_backward,
     layernorm_forward,
 )
-from minidetr.ops.position import sine_position_encoding
+from minidetr.ops.position import (
+    box_sine_embedding_backward,
+    box_sine_embedding_forward,
+    sine_position_encoding,
+)
 from minidetr.ops.softmax import (
     cross_entropy_backward,
     cross_entropy_forward,
@@ -53,14 +59,19 @@ def __getattr__(name: str):
 
 __all__ = [
     *_ATTENTION,
+    "box_sine_embedding_backward",
+    "box_sine_embedding_forward",
     "conv2d_backward",
     "conv2d_forward",
     "cross_entropy_backward",
     "cross_entropy_forward",
     "dropout_backward",
     "dropout_forward",
+    "embedding_backward",
+    "embedding_forward",
     "groupnorm_backward",
     "groupnorm_forward",
+    "inverse_sigmoid",
     "layernorm_backward",
     "layernorm_forward",
     "linear_backward",

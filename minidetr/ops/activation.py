@@ -44,6 +44,17 @@ def sigmoid_backward(dy: Array, cache: SigmoidCache) -> tuple[Array]:
     return (dy * cache.y * (1.0 - cache.y),)
 
 
+def inverse_sigmoid(x: Array, eps: float = 1e-5) -> Array:
+    """u = log(x / (1 - x)), with x clamped to [eps, 1 - eps] so u is finite.
+
+    Only ever applied to constants (anchors detached between layers, noised
+    boxes, proposals), so it has no backward. Zhu et al. (2021), ``util/misc.py``.
+    """
+    xp = namespace(x)
+    x = xp.clip(x, eps, 1.0 - eps)
+    return xp.log(x / (1.0 - x))
+
+
 class DropoutCache(NamedTuple):
     scaled_mask: Array | None  # keep / (1 - p), or None when nothing was dropped
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from minidetr.backend import Array, compiled_kernel, namespace
 from minidetr.checks import check_dim, check_floating, check_ndim
+from minidetr.kernels.conv_cpu import col2im, im2col
 
 
 class Conv2dCache(NamedTuple):
@@ -42,8 +43,6 @@ def _compiled(x: Array) -> bool:
 def _im2col(x: Array, k: int, stride: int, padding: int, ho: int, wo: int) -> Array:
     """cols[(c, u, v), (b, i, j)] = x_pad[b, c, s*i + u, s*j + v]: (C*K*K, B*Ho*Wo)."""
     if _compiled(x):
-        from minidetr.kernels.conv_cpu import im2col
-
         return im2col(np.ascontiguousarray(x), k, stride, padding, ho, wo)
     xp = namespace(x)
     b, c, h, w = x.shape
@@ -67,8 +66,6 @@ def _col2im(
     """Adjoint of :func:`_im2col`: add each column entry back onto its pixel, (B, C, H, W)."""
     b, c, h, w = x_shape
     if _compiled(dcols):
-        from minidetr.kernels.conv_cpu import col2im
-
         return col2im(np.ascontiguousarray(dcols), b, c, h, w, k, stride, padding, wo)
     xp = namespace(dcols)
     ho = dcols.shape[1] // (b * wo)

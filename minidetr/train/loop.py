@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 
 from minidetr.backend import Array, Rng, namespace
-from minidetr.criterion import SetCriterion
 from minidetr.data import DATASETS, Dataset, collate, to_coco
-from minidetr.denoising import make_denoising_queries
 from minidetr.evaluate import coco_detections, coco_evaluate, postprocess
-from minidetr.matching import HungarianMatcher
 from minidetr.model import PRESETS, MiniDETR, ModelConfig
+from minidetr.setloss import LossWeights, SetCriterion, check_targets
+from minidetr.setloss.denoising import make_denoising_queries
+from minidetr.setloss.matching import HungarianMatcher
 from minidetr.train.checkpoint import load_checkpoint, save_checkpoint
 from minidetr.train.optim import (
     AdamWConfig,
@@ -99,12 +99,12 @@ def make_criterion(cfg: TrainConfig, model_cfg: ModelConfig) -> SetCriterion:
         cost_giou=cfg.weight_giou,
         focal=focal,
     )
-    base = {"loss_ce": cfg.weight_class, "loss_bbox": cfg.weight_bbox, "loss_giou": cfg.weight_giou}
-    weights = dict(base)  # auxiliary and denoising terms fall back to these weights
-    if not cfg.aux_loss:  # the ablation: intermediate decoder layers get no loss
-        for i in range(model_cfg.num_decoder_layers - 1):
-            weights.update({f"{k}_{i}": 0.0 for k in base})  # matching queries
-            weights.update({f"{k}_dn_{i}": 0.0 for k in base})  # and denoising queries
+    weights = LossWeights(
+        ce=cfg.weight_class,
+        bbox=cfg.weight_bbox,
+        giou=cfg.weight_giou,
+        aux=1.0 if cfg.aux_loss else 0.0,  # the ablation: earlier decoder layers are not matched
+    )
     return SetCriterion(
         model_cfg.num_classes,
         matcher,
@@ -144,6 +144,7 @@ class Run:
         cfg, model_cfg = self.cfg, self.model.config
         gen = np.random.default_rng([cfg.seed, self.step])  # all of this step's randomness
         images, targets = self.batch(gen)
+        targets = check_targets(targets, model_cfg.num_classes)  # once per step
         rng = Rng(gen)
         dn = None
         if model_cfg.denoising and cfg.dn_groups > 0:
@@ -234,8 +235,8 @@ def evaluate_model(
         images, _ = collate([dataset[i] for i in ids], like=like)
         outputs, _ = model.forward(params, images, train=False)
         results = postprocess(
-            outputs["pred_logits"],
-            outputs["pred_boxes"],
+            outputs.pred_logits,
+            outputs.pred_boxes,
             dataset.image_size,
             focal=model.config.focal,
         )

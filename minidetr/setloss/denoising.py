@@ -42,7 +42,7 @@ from typing import NamedTuple
 import numpy as np
 
 from minidetr.backend import Array, Rng, asarray, namespace
-from minidetr.targets import check_targets
+from minidetr.setloss.targets import check_targets
 
 PADDING_BOX = (0.5, 0.5, 0.5, 0.5)  # a neutral box for padding slots; their outputs are ignored
 
@@ -51,19 +51,23 @@ class DenoisingQueries(NamedTuple):
     """Everything the decoder and the criterion need about the denoising queries.
 
     B images, Qdn = num_groups * group_size denoising slots, Q matching queries.
-    Pass it to the criterion as ``outputs["dn"]["meta"]``.
+    The model's forward puts it in its outputs as the ``"dn"`` group's ``meta``.
     """
 
     labels: Array  # (B, Qdn) int64 noised labels; padding slots hold num_classes
     boxes: Array  # (B, Qdn, 4) noised boxes, cxcywh in [0, 1]; padding slots hold PADDING_BOX
-    target_index: Array  # (B, Qdn) int64 target of its image each slot was made from; -1 = padding
-    positive: Array  # (B, Qdn) bool, True where the slot must reconstruct its target
-    valid: Array  # (B, Qdn) bool, False for padding slots
     attn_mask: Array  # (Qdn + Q, Qdn + Q) bool self-attention mask, True = may attend
     num_groups: int
-    group_size: int  # Tmax, or 2 * Tmax with contrastive negatives
     num_queries: int  # Q, the matching queries that follow the denoising ones
     contrastive: bool  # whether each group ends with Tmax negative slots
+
+    @property
+    def group_size(self) -> int:
+        """Tmax, or 2 * Tmax with contrastive negatives."""
+        return int(self.labels.shape[1]) // self.num_groups
+
+    # Which target each slot copies depends on the number of targets per image only:
+    # ``denoising_layout(counts, num_groups, contrastive)`` gives it on the host.
 
 
 def denoising_attention_mask(
@@ -104,7 +108,7 @@ def make_denoising_queries(
     queries Q. ``contrastive`` adds DINO's negatives. See the module docstring for the
     layout. Li et al., "DN-DETR" (2022); Zhang et al., "DINO" (2023).
     """
-    check_targets(targets, num_classes)
+    targets = check_targets(targets, num_classes)
     if len(targets) == 0:
         raise ValueError("targets must hold at least one image")
     if not isinstance(num_groups, int) or num_groups < 1:
@@ -139,19 +143,16 @@ def make_denoising_queries(
     clean_labels = xp.stack(labels)  # (B, Qdn)
     clean_boxes = xp.stack(boxes)  # (B, Qdn, 4)
     valid_dev = asarray(valid, like=like)
-    positive_dev = asarray(positive, like=like)
 
     noised_labels = _noise_labels(clean_labels, valid_dev, label_noise_ratio, num_classes, rng)
-    noised_boxes = _noise_boxes(clean_boxes, valid_dev, positive_dev, box_noise_scale, rng)
+    noised_boxes = _noise_boxes(
+        clean_boxes, valid_dev, asarray(positive, like=like), box_noise_scale, rng
+    )
     return DenoisingQueries(
         labels=noised_labels,
         boxes=noised_boxes,
-        target_index=asarray(target_index, like=like, dtype=xp.int64),
-        positive=positive_dev,
-        valid=valid_dev,
         attn_mask=denoising_attention_mask(num_groups, group_size, num_queries, like),
         num_groups=num_groups,
-        group_size=group_size,
         num_queries=num_queries,
         contrastive=contrastive,
     )

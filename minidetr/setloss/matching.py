@@ -43,9 +43,10 @@ from minidetr.assignment import (
 from minidetr.backend import Array, namespace, to_numpy
 from minidetr.boxes import box_cxcywh_to_xyxy, generalized_box_iou
 from minidetr.checks import check_floating
-from minidetr.focal import sigmoid_focal_loss_forward
 from minidetr.ops.softmax import softmax_forward
-from minidetr.targets import check_targets
+from minidetr.outputs import Predictions, SetOutputs
+from minidetr.setloss.focal import sigmoid_focal_loss_forward
+from minidetr.setloss.targets import check_targets
 
 __all__ = ["HungarianMatcher", "linear_sum_assignment", "linear_sum_assignment_batch"]
 
@@ -94,23 +95,42 @@ class HungarianMatcher:
             f"focal_gamma={self.focal_gamma})"
         )
 
-    def __call__(self, outputs: dict, targets: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """The optimal (pred_idx, tgt_idx) of every image, as NumPy int64 arrays."""
-        stacked = self.cost(outputs, targets)  # (S, Q), in the outputs' namespace
+    def __call__(
+        self, outputs: dict | Predictions, targets: list[dict]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The optimal (pred_idx, tgt_idx) of every image, as NumPy int64 arrays.
+
+        outputs: DETR's {"pred_logits", "pred_boxes"}, a :class:`Predictions`, or the
+        model's :class:`SetOutputs` (its last layer's matching queries).
+        """
+        pred = self._check_outputs(outputs)
+        targets = check_targets(
+            targets, _num_classes(pred.logits, self.focal), pred.logits.shape[0]
+        )
+        return self.match(pred, targets)
+
+    def match(self, pred: Predictions, targets: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``__call__`` without the input checks, for callers that made them (the criterion)."""
+        stacked = self.cost(pred, targets, checked=True)  # (S, Q), in the outputs' namespace
         sizes = [int(t["labels"].shape[0]) for t in targets]
         return linear_sum_assignment_stacked(to_numpy(stacked), sizes)  # the one host copy
 
-    def cost(self, outputs: dict, targets: list[dict]) -> Array:
+    def cost(
+        self, outputs: dict | Predictions, targets: list[dict], *, checked: bool = False
+    ) -> Array:
         """Matching costs stacked per image: (S, Q), rows o_b .. o_b + T_b - 1 for image b.
 
         Row o_b + t, column q is C[t, q] of image b (the module docstring gives C);
-        o_b is the number of targets in the images before b.
+        o_b is the number of targets in the images before b. ``checked``: the inputs
+        were already checked (by :meth:`__call__` or the criterion).
         """
-        logits, boxes = self._check_outputs(outputs)
+        if checked:
+            logits, boxes = outputs
+        else:
+            logits, boxes = self._check_outputs(outputs)
+            check_targets(targets, _num_classes(logits, self.focal), batch_size=logits.shape[0])
         xp = namespace(logits, boxes)
-        n_images, n_queries, n_logits = logits.shape
-        n_classes = n_logits if self.focal else n_logits - 1
-        check_targets(targets, n_classes, batch_size=n_images)
+        n_queries = logits.shape[1]
         class_cost = self._class_cost(logits)  # (B, Q, K)
         pred_xyxy = box_cxcywh_to_xyxy(boxes)  # (B, Q, 4)
         blocks = []
@@ -141,11 +161,16 @@ class HungarianMatcher:
         unlabelled, _ = sigmoid_focal_loss_forward(logits, xp.zeros_like(logits), a, g)
         return labelled - unlabelled
 
-    def _check_outputs(self, outputs: Any) -> tuple[Array, Array]:
+    def _check_outputs(self, outputs: Any) -> Predictions:
         """pred_logits (B, Q, K) and pred_boxes (B, Q, 4), finite, with w, h >= 0."""
-        if not isinstance(outputs, dict) or not {"pred_logits", "pred_boxes"} <= outputs.keys():
+        if isinstance(outputs, SetOutputs):  # the whole outputs: match the last layer, as DETR
+            outputs = outputs.final
+        if isinstance(outputs, Predictions):
+            logits, boxes = outputs
+        elif isinstance(outputs, dict) and {"pred_logits", "pred_boxes"} <= outputs.keys():
+            logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
+        else:
             raise TypeError("outputs must be a dict with 'pred_logits' and 'pred_boxes'")
-        logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
         check_floating(logits, "outputs['pred_logits']")
         check_floating(boxes, "outputs['pred_boxes']")
         if logits.ndim != 3:
@@ -163,7 +188,12 @@ class HungarianMatcher:
         for name, x in (("pred_logits", logits), ("pred_boxes", boxes)):
             _raise_at_first_query(~xp.isfinite(x), x, name, "is not finite")
         _raise_at_first_query(boxes[..., 2:] < 0, boxes, "pred_boxes", "has a negative size")
-        return logits, boxes
+        return Predictions(logits, boxes)
+
+
+def _num_classes(logits: Array, focal: bool) -> int:
+    """C from K logits: K with focal, K - 1 (the no-object logit) with softmax."""
+    return logits.shape[2] if focal else logits.shape[2] - 1
 
 
 def _raise_at_first_query(bad: Array, x: Array, name: str, what: str) -> None:
