@@ -62,6 +62,13 @@ def test_gradients(xp, rng, with_skip):
     st.integers(0, 2**32 - 1),
 )
 def test_kernel_equals_the_plain_ops(b, cg, h, w, with_skip, dtype, seed):
+    """float64: equal to 1e-12. float32: no further from the exact answer than the plain ops.
+
+    A small group whose entries nearly agree is ill-conditioned (rstd up to 1/sqrt(eps)),
+    so in float32 both the plain ops and the kernel (which sums in float64) land some
+    way from the exact answer, the plain ops' float64 run on the same inputs; the kernel
+    must be at least as close as the plain ops it replaces.
+    """
     c, groups = cg
     r = np.random.default_rng(seed)
     x = (r.standard_normal((b, c, h, w)) * 3 + 1).astype(dtype)
@@ -69,20 +76,29 @@ def test_kernel_equals_the_plain_ops(b, cg, h, w, with_skip, dtype, seed):
     skip = r.standard_normal((b, c, h, w)).astype(dtype) if with_skip else None
     dy = r.standard_normal((b, c, h, w)).astype(dtype)
     y, cache = groupnorm_relu_forward(x, gamma, beta, groups, skip)
-    grads = groupnorm_relu_backward(dy, cache)
-    want_y, want_norm, want_positive, want_grads = plain(x, gamma, beta, groups, skip, dy)
-    rtol = 1e-12 if dtype == np.float64 else 2e-5
-    for got, want in [
-        (y, want_y),
-        (cache.norm.xhat, want_norm.xhat),
-        (cache.norm.rstd, want_norm.rstd),
-    ]:
-        assert got.dtype == want.dtype and got.shape == want.shape
-        np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * 10)
-    for name, got, want in zip(("dx", "dgamma", "dbeta", "dskip"), grads, want_grads):
-        assert got.dtype == want.dtype and got.shape == want.shape, name
-        scale = np.abs(want).max() + 1.0
-        np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale * 10, err_msg=name)
+    got = (y, cache.norm.xhat, cache.norm.rstd, *groupnorm_relu_backward(dy, cache))
+    want_y, want_norm, _, want_grads = plain(x, gamma, beta, groups, skip, dy)
+    want = (want_y, want_norm.xhat, want_norm.rstd, *want_grads)
+    names = ("y", "xhat", "rstd", "dx", "dgamma", "dbeta", "dskip")
+    for name, g, p in zip(names, got, want):
+        assert g.dtype == p.dtype and g.shape == p.shape, name
+    if dtype == np.float64:
+        for name, g, p in zip(names, got, want):
+            np.testing.assert_allclose(
+                g, p, rtol=1e-12, atol=1e-12 * (np.abs(p).max() + 1), err_msg=name
+            )
+        return
+    wide = [None if a is None else a.astype(np.float64) for a in (x, gamma, beta, skip, dy)]
+    exact_y, exact_norm, _, exact_grads = plain(*wide[:3], groups, *wide[3:])
+    exact = (exact_y, exact_norm.xhat, exact_norm.rstd, *exact_grads)
+    for name, g, p, e in zip(names, got, want, exact):
+        err_kernel = np.abs(g - e).max()
+        err_plain = np.abs(p - e).max()
+        assert err_kernel <= 2 * err_plain + 1e-6 * (np.abs(e).max() + 1), (
+            name,
+            err_kernel,
+            err_plain,
+        )
 
 
 def test_kernel_runs_on_numpy_and_the_plain_ops_elsewhere(xp, rng, monkeypatch):

@@ -46,8 +46,8 @@ def groupnorm_relu_forward(x, gamma, beta, num_groups, eps, skip):
             r = 1.0 / np.sqrt(sq / n + eps)
             rstd[b, g] = r
             for c in range(g * per, (g + 1) * per):
-                scale = gamma[c]
-                shift = beta[c]
+                scale = np.float64(gamma[c])
+                shift = np.float64(beta[c])
                 for i in range(h):
                     for j in range(w):
                         xh = (x[b, c, i, j] - mu) * r
@@ -80,6 +80,7 @@ def groupnorm_relu_backward(dy, xhat, rstd, gamma, positive):
             sum_d = 0.0  # sum of dxhat over the group
             sum_dx = 0.0  # sum of dxhat * xhat
             for c in range(g * per, (g + 1) * per):
+                scale = np.float64(gamma[c])  # sums in float64
                 dgc = 0.0
                 dbc = 0.0
                 for i in range(h):
@@ -87,17 +88,18 @@ def groupnorm_relu_backward(dy, xhat, rstd, gamma, positive):
                         d = dy[b, c, i, j] if positive[b, c, i, j] else 0.0
                         dh[b, c, i, j] = d
                         xh = xhat[b, c, i, j]
+                        dxh = d * scale
+                        sum_d += dxh
+                        sum_dx += dxh * xh
                         dgc += d * xh
                         dbc += d
                 dgamma[c] += dgc
                 dbeta[c] += dbc
-                sum_d += gamma[c] * dbc
-                sum_dx += gamma[c] * dgc
             mean_d = sum_d / n
             mean_dx = sum_dx / n
             r = rstd[b, g]
             for c in range(g * per, (g + 1) * per):
-                scale = gamma[c]
+                scale = np.float64(gamma[c])  # in float64, as the sums above
                 for i in range(h):
                     for j in range(w):
                         dxh = dh[b, c, i, j] * scale
