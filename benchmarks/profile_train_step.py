@@ -33,7 +33,7 @@ def stages(run: Run) -> list[tuple[str, object]]:
         ("batch (draw and stack)", Run.batch),
         ("model forward", type(run.model).forward),
         ("criterion forward (with matching)", type(run.criterion).forward),
-        ("  of which Hungarian matching", type(run.criterion.matcher).__call__),
+        ("  of which Hungarian matching", type(run.criterion.matcher).match),
         ("criterion backward", type(run.criterion).backward),
         ("model backward", type(run.model).backward),
         ("gradient clipping", clip_grad_norm),

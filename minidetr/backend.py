@@ -33,7 +33,10 @@ def namespace(*arrays: Array) -> Any:
     Python scalars and ``None`` are skipped, so optional arguments can be passed
     through. Mixing array libraries raises ``TypeError``.
     """
-    if all(type(a) is np.ndarray or a is None for a in arrays):  # the common case, fast
+    for a in arrays:  # the common case, NumPy arrays only, answered without the lookup below
+        if type(a) is not np.ndarray and a is not None:
+            break
+    else:
         return array_api_compat.numpy
     present = [a for a in arrays if a is not None and not isinstance(a, (int, float, bool))]
     if not present:
