@@ -143,12 +143,13 @@ def groupnorm_relu_forward(
     if _fused(x, gamma, beta, skip):
         from minidetr.kernels.groupnorm_cpu import groupnorm_relu_forward as kernel
 
-        xp = namespace(x)
-        skip_c = None if skip is None else xp.ascontiguousarray(skip)
-        y, xhat, rstd, positive = kernel(
-            xp.ascontiguousarray(x), gamma, beta, num_groups, eps, skip_c
-        )
-        rstd = xp.reshape(xp.astype(rstd, x.dtype), (*rstd.shape, 1, 1, 1))  # (B, G, 1, 1, 1)
+        x = np.ascontiguousarray(x)
+        skip = None if skip is None else np.ascontiguousarray(skip)
+        y, xhat = np.empty_like(x), np.empty_like(x)
+        positive = np.empty(x.shape, dtype=bool)
+        rstd = np.empty((x.shape[0], num_groups))  # (B, G), float64
+        kernel(x, gamma, beta, eps, skip, y, xhat, rstd, positive)
+        rstd = rstd.astype(x.dtype).reshape(*rstd.shape, 1, 1, 1)  # (B, G, 1, 1, 1)
         return y, GroupNormReluCache(NormCache(xhat, rstd, gamma), positive)
     h, norm = groupnorm_forward(x, gamma, beta, num_groups, eps)
     if skip is not None:
@@ -170,7 +171,11 @@ def groupnorm_relu_backward(
         from minidetr.kernels.groupnorm_cpu import groupnorm_relu_backward as kernel
 
         rstd = norm.rstd.reshape(norm.rstd.shape[:2])  # (B, G)
-        return kernel(np.ascontiguousarray(dy), norm.xhat, rstd, norm.gamma, cache.positive)
+        dx, dh = np.empty_like(norm.xhat), np.empty_like(norm.xhat)
+        dgamma, dbeta = np.zeros(dy.shape[1]), np.zeros(dy.shape[1])  # float64 sums
+        dy = np.ascontiguousarray(dy)
+        kernel(dy, norm.xhat, rstd, norm.gamma, cache.positive, dx, dh, dgamma, dbeta)
+        return dx, dgamma.astype(dy.dtype), dbeta.astype(dy.dtype), dh
     (dh,) = relu_backward(dy, ReluCache(cache.positive))
     dx, dgamma, dbeta = groupnorm_backward(dh, norm)
     return dx, dgamma, dbeta, dh
