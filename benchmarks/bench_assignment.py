@@ -48,7 +48,7 @@ from minidetr.assignment import (
 from minidetr.setloss.matching import HungarianMatcher
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_giou import numpy_giou  # noqa: E402  DETR's formula, shared with that benchmark
+from bench_giou import numpy_giou  # DETR's formula, shared with that benchmark
 
 try:
     import lap

@@ -124,7 +124,7 @@ def main() -> None:
     args = parser.parse_args()
     limit = contextlib.nullcontext()
     if args.blas_threads is not None:
-        from threadpoolctl import threadpool_limits  # noqa: PLC0415 - optional
+        from threadpoolctl import threadpool_limits  # optional
 
         limit = threadpool_limits(args.blas_threads, user_api="blas")
     with limit:

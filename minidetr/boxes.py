@@ -16,6 +16,15 @@ smallest enclosing box, has zero area only when both boxes do). So two
 zero-area boxes have IoU 0 and GIoU 0 if C is flat (e.g. the same point), -1
 otherwise: every result is finite, and -1 <= GIoU <= IoU <= 1 holds throughout.
 
+Range: IoU and GIoU are unchanged when both boxes are scaled by the same factor,
+and scaling by a power of two is exact. Coordinates beyond ``safe_coordinate_limit``
+(2**61 in float32, 2**509 in float64, 32 in float16; for the Numba backward 2**30
+and 2**254), whose areas or the backward's products would overflow to inf (or
+underflow to 0) and give NaN, are first scaled by a power of two into that range;
+the gradients are scaled back. So GIoU stays finite over each dtype's whole
+range, and below the limit nothing changes, bit for bit. ``box_iou``'s union is
+returned in the boxes' own units, and is inf where the true area exceeds the dtype.
+
 Kinks: where a min or max is tied (equal coordinates) or an overlap width is
 exactly 0, the backward takes the average of the two one-sided derivatives,
 i.e. the gradient is split evenly between the tied sides.
@@ -32,6 +41,8 @@ from __future__ import annotations
 
 import math
 from typing import NamedTuple
+
+import numpy as np  # only for np.errstate around an overflow that is the true answer
 
 from minidetr.backend import Array, compiled_kernel, namespace
 from minidetr.checks import check_floating, unravel_index
@@ -108,9 +119,47 @@ def _check_pair(boxes1: Array, boxes2: Array, *, paired: bool) -> bool:
             f"boxes1 and boxes2 must hold the same number of boxes to be paired, "
             f"got {boxes1.shape[0]} and {boxes2.shape[0]}"
         )
+    if not (on_kernel[0] or on_kernel[1]) and _all_valid(boxes1, boxes2):
+        return False  # one read of the device for both arrays; a failure reads more below
     _check_box_values(boxes1, "boxes1", on_kernel=on_kernel[0])
     _check_box_values(boxes2, "boxes2", on_kernel=on_kernel[1])
     return on_kernel[0] and on_kernel[1]
+
+
+def _all_valid(boxes1: Array, boxes2: Array) -> bool:
+    """Whether every box of both (n, 4) arrays is finite with x1 >= x0 and y1 >= y0."""
+    xp = namespace(boxes1, boxes2)
+    ok = [xp.all(xp.isfinite(b)) & xp.all(b[:, 2:] >= b[:, :2]) for b in (boxes1, boxes2)]
+    return bool(ok[0] & ok[1])
+
+
+def safe_coordinate_limit(boxes: Array, fused: bool = False) -> float:
+    """2**(E/2 - 3) for the float type of ``boxes``, whose largest number is below 2**E.
+
+    Below it, |coordinate| <= R keeps every area (<= 4 R^2), union (<= 8 R^2) and the
+    backward's products under the largest float. ``fused``: the limit of the Numba
+    backward, 2**((e - 4) / 4) for a smallest normal number 2**-e, which may reorder
+    a product into 1 / |C|^2 (<= 1 / (16 R^4)) and must not see it underflow.
+    """
+    finfo = namespace(boxes).finfo(boxes.dtype)
+    limit = 2.0 ** (math.frexp(float(finfo.max))[1] // 2 - 3)
+    if fused:
+        limit = min(limit, 2.0 ** ((1 - math.frexp(float(finfo.smallest_normal))[1] - 4) // 4))
+    return limit
+
+
+def _safe_scale(*boxes: Array, fused: bool = False) -> float:
+    """1.0, or the power of two 2**-k that brings every |coordinate| of ``boxes`` to the limit."""
+    largest, limit = 0.0, math.inf
+    for b in boxes:
+        if b.shape[0] == 0:
+            continue
+        xp = namespace(b)
+        largest = max(largest, float(xp.max(xp.abs(b))))
+        limit = min(limit, safe_coordinate_limit(b, fused))
+    if largest <= limit:
+        return 1.0
+    return 2.0 ** -(math.frexp(largest)[1] - math.frexp(limit)[1] + 1)
 
 
 def _check_upstream(dgiou: Array, shape: tuple[int, ...]) -> None:
@@ -294,10 +343,19 @@ def box_iou(boxes1: Array, boxes2: Array) -> tuple[Array, Array]:
     boxes1 (N, 4), boxes2 (M, 4) in xyxy. Returns iou (N, M) and union (N, M);
     iou is 0 where union is 0.
     """
-    if _check_pair(boxes1, boxes2, paired=False):  # NumPy float32/float64: the fused loop
-        return giou_cpu.box_iou(boxes1, boxes2)
-    o = _overlap(boxes1[:, None, :], boxes2[None, :, :])
-    return o.iou, o.union
+    on_kernel = _check_pair(boxes1, boxes2, paired=False)
+    scale = _safe_scale(boxes1, boxes2)
+    if scale != 1.0:
+        boxes1, boxes2 = boxes1 * scale, boxes2 * scale
+    if on_kernel:  # NumPy float32/float64: the fused loop
+        iou, union = giou_cpu.box_iou(boxes1, boxes2)
+    else:
+        o = _overlap(boxes1[:, None, :], boxes2[None, :, :])
+        iou, union = o.iou, o.union
+    if scale != 1.0:
+        with np.errstate(over="ignore"):  # an area beyond the dtype's range is inf
+            union = (union / scale) / scale
+    return iou, union
 
 
 def generalized_box_iou(boxes1: Array, boxes2: Array) -> Array:
@@ -321,10 +379,13 @@ def generalized_box_iou_forward(
     boxes1 (N, 4), boxes2 (M, 4) in xyxy. Returns giou (N, M). Rezatofighi et al.
     (2019), Algorithm 1; DETR's ``generalized_box_iou``.
     """
-    if _check_pair(boxes1, boxes2, paired=False):  # NumPy float32/float64: the fused loop
-        giou = giou_cpu.generalized_box_iou(boxes1, boxes2)
+    on_kernel = _check_pair(boxes1, boxes2, paired=False)
+    scale = _safe_scale(boxes1, boxes2)
+    b1, b2 = (boxes1 * scale, boxes2 * scale) if scale != 1.0 else (boxes1, boxes2)
+    if on_kernel:  # NumPy float32/float64: the fused loop
+        giou = giou_cpu.generalized_box_iou(b1, b2)
     else:
-        giou = _overlap(boxes1[:, None, :], boxes2[None, :, :]).giou  # (N, M)
+        giou = _overlap(b1[:, None, :], b2[None, :, :]).giou  # (N, M)
     return giou, GeneralizedBoxIouCache(boxes1, boxes2)
 
 
@@ -334,7 +395,14 @@ def generalized_box_iou_backward(
     """Gradients (dboxes1 (N, 4), dboxes2 (M, 4)) of sum(dgiou * giou), dgiou (N, M)."""
     boxes1, boxes2 = cache.boxes1, cache.boxes2
     _check_upstream(dgiou, (boxes1.shape[0], boxes2.shape[0]))
-    if _use_kernel(dgiou, boxes1, boxes2):
+    fused = _use_kernel(dgiou, boxes1, boxes2)
+    scale = _safe_scale(boxes1, boxes2, fused=fused)
+    if scale != 1.0:  # d giou(s a, s b) / d a = s (d giou / d(s a)): scale back after
+        grads = generalized_box_iou_backward(
+            dgiou, GeneralizedBoxIouCache(boxes1 * scale, boxes2 * scale)
+        )
+        return grads[0] * scale, grads[1] * scale
+    if fused:
         return giou_cpu.generalized_box_iou_backward(dgiou, boxes1, boxes2)
     xp = namespace(dgiou, boxes1, boxes2)
     grads = _overlap_backward(dgiou, boxes1[:, None, :], boxes2[None, :, :])  # 8 x (N, M)
@@ -362,7 +430,9 @@ def paired_generalized_box_iou_forward(
     DETR's box loss, 1 - giou, summed over matched pairs.
     """
     _check_pair(boxes1, boxes2, paired=True)
-    return _overlap(boxes1, boxes2).giou, PairedGeneralizedBoxIouCache(boxes1, boxes2)
+    scale = _safe_scale(boxes1, boxes2)
+    b1, b2 = (boxes1 * scale, boxes2 * scale) if scale != 1.0 else (boxes1, boxes2)
+    return _overlap(b1, b2).giou, PairedGeneralizedBoxIouCache(boxes1, boxes2)
 
 
 def paired_generalized_box_iou_backward(
@@ -371,5 +441,8 @@ def paired_generalized_box_iou_backward(
     """Gradients (dboxes1 (N, 4), dboxes2 (N, 4)) of sum(dgiou * giou), dgiou (N,)."""
     _check_upstream(dgiou, (cache.boxes1.shape[0],))
     xp = namespace(dgiou, cache.boxes1, cache.boxes2)
-    grads = _overlap_backward(dgiou, cache.boxes1, cache.boxes2)  # 8 x (N,)
+    scale = _safe_scale(cache.boxes1, cache.boxes2)
+    grads = _overlap_backward(dgiou, cache.boxes1 * scale, cache.boxes2 * scale)  # 8 x (N,)
+    if scale != 1.0:
+        grads = tuple(g * scale for g in grads)
     return xp.stack(grads[:4], axis=-1), xp.stack(grads[4:], axis=-1)

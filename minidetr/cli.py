@@ -5,14 +5,17 @@
     minidetr eval runs/<stamp>/checkpoint.npz
     minidetr predict runs/<stamp>/checkpoint.npz picture.png
 
-User mistakes (unknown preset, a folder holding another run, a corrupt
-checkpoint, an unreadable image, no GPU) end with one line saying what to do,
-not a traceback.
+User mistakes (an option out of range, an unusable output folder, a folder
+holding another run, a corrupt checkpoint, an unreadable image, no GPU, a run
+that diverges) raise ``minidetr.options.UserError`` and end with one line saying
+what to do, exit status 2; a bug inside minidetr keeps its traceback. Each
+subcommand is one ``cmd_*`` function and one ``add_*_parser`` function.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -23,31 +26,19 @@ from typing import Any
 
 import numpy as np
 
-from minidetr.backend import Array, asarray
+from minidetr.backend import asarray
+from minidetr.options import (
+    UserError,
+    device_like,
+    input_file,
+    non_negative_int,
+    output_folder,
+    positive_float,
+    positive_int,
+    probability,
+)
 
-
-class UserError(Exception):
-    """A mistake the user can fix; printed as one line, exit status 2."""
-
-
-def device_like(name: str) -> Array:
-    """A float32 array on the requested device, for the rest of the run to copy."""
-    if name == "cpu":
-        return np.zeros(1, dtype=np.float32)
-    if name != "cuda":
-        raise UserError(f"unknown device {name!r}; use cpu or cuda")
-    try:
-        import cupy
-    except ImportError as err:
-        raise UserError(
-            "--device cuda needs CuPy: pip install 'minidetr[gpu]' "
-            "(cupy-cuda12x for CUDA 12 drivers, cupy-cuda13x for CUDA 13)"
-        ) from err
-    try:
-        cupy.cuda.runtime.getDeviceCount()
-        return cupy.zeros(1, dtype=cupy.float32)
-    except Exception as err:
-        raise UserError(f"--device cuda: CuPy found no usable CUDA GPU ({err})") from err
+DESCRIPTION = "Train a tiny DETR, evaluate a checkpoint, draw its detections."
 
 
 def limit_threads(n: int) -> None:
@@ -57,8 +48,6 @@ def limit_threads(n: int) -> None:
     3x faster per training step than the libraries' defaults, whose idle threads
     spin and compete for the same cores.
     """
-    if n < 1:
-        raise UserError(f"--threads must be at least 1, got {n}")
     import numba
     from threadpoolctl import threadpool_limits
 
@@ -67,6 +56,8 @@ def limit_threads(n: int) -> None:
 
 
 def _prepare_out_dir(out: Path, resume: bool, force: bool) -> None:
+    """Check the output folder before any work: usable, and holding a run iff resuming."""
+    output_folder(out)
     holds_run = (out / "checkpoint.npz").exists() or (out / "metrics.json").exists()
     if resume:
         if not (out / "checkpoint.npz").exists():
@@ -79,12 +70,23 @@ def _prepare_out_dir(out: Path, resume: bool, force: bool) -> None:
     if force:
         for name in ("checkpoint.npz", "metrics.json", "loss.png", "predictions.png"):
             (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+
+
+def _checkpoint_words(checkpoint: Any) -> str:
+    """What a stopped run leaves behind, in words, naming only a file that is there."""
+    if checkpoint is None or not Path(checkpoint.path).is_file():
+        return "no checkpoint was written"
+    return f"the last good checkpoint is {checkpoint.path} (step {checkpoint.step})"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from minidetr.train.loop import TrainConfig, TrainingError, progress_bar, train
+    from minidetr.train.checkpoint import CheckpointError
+    from minidetr.train.loop import Interrupted, TrainConfig, TrainingError, train
+    from minidetr.train.progress import ProgressBar
 
+    if args.resume and args.out is None:
+        raise UserError("--resume needs --out DIR naming the run to continue")
+    out = Path(args.out) if args.out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
     overrides = {
         "preset": args.preset,
         "dataset": args.dataset,
@@ -92,30 +94,58 @@ def cmd_train(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "seed": args.seed,
         "lr": args.lr,
+        "encoder_attention": args.encoder_attention,
+        "checkpoint_every": args.checkpoint_every,
     }
-    cfg = replace(TrainConfig(), **{k: v for k, v in overrides.items() if v is not None})
-    out = Path(args.out) if args.out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    if args.resume and args.out is None:
-        raise UserError("--resume needs --out DIR naming the run to continue")
-    like = device_like(args.device)
+    try:
+        cfg = replace(TrainConfig(), **{k: v for k, v in overrides.items() if v is not None})
+    except (ValueError, TypeError) as err:  # the parser checks first; this is the backstop
+        raise UserError(str(err)) from err
+    if cfg.dataset == "digits" and importlib.util.find_spec("sklearn") is None:
+        raise UserError("--dataset digits needs scikit-learn: pip install 'minidetr[data]'")
+    _prepare_out_dir(out, args.resume, args.force)
     if args.resume:
         cfg = _train_config_of(out / "checkpoint.npz", cfg, args)
-    _prepare_out_dir(out, args.resume, args.force)
+    like = device_like(args.device)
     print(f"minidetr: training preset {cfg.preset!r} on {cfg.dataset!r} ({args.device}) into {out}")
+    bar = None if args.quiet else ProgressBar()
     t0 = time.perf_counter()
     try:
-        run = train(
-            cfg, out, like, resume=args.resume, progress=None if args.quiet else progress_bar
-        )
+        run = train(cfg, out, like, resume=args.resume, progress=bar)
+    except Interrupted as err:
+        if bar is not None:
+            bar.close()
+        where = _checkpoint_words(err.checkpoint)
+        hint = f"; resume with --resume --out {out}" if err.checkpoint else ""
+        sys.stderr.write(f"minidetr: interrupted; {where}{hint}\n")
+        return 130
+    except CheckpointError as err:
+        raise UserError(f"--resume: {err}") from err
+    except OSError as err:  # the output folder filled up or went away mid-run
+        where = Path(err.filename).resolve() if err.filename is not None else None
+        if where is None or out.resolve() not in (where, *where.parents):
+            raise
+        raise UserError(f"cannot write {err.filename} ({err.strerror})") from err
+    except TrainingError as err:
+        hint = ""
+        if "learning rate" in err.cause:
+            hint = "; start a new run with a smaller --lr"
+        raise UserError(
+            f"training stopped at step {err.step}: {err.what}; likely cause: {err.cause}{hint}; "
+            f"{_checkpoint_words(err.checkpoint)}"
+        ) from err
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - t0
+    try:
+        _write_report(run, out, seconds, args.device)
     except KeyboardInterrupt:
         sys.stderr.write(
-            f"\nminidetr: interrupted; checkpoint saved, resume with --resume --out {out}\n"
+            f"minidetr: interrupted while evaluating; the checkpoint {out / 'checkpoint.npz'} "
+            f"(step {run.step}) is saved: `minidetr eval` it\n"
         )
         return 130
-    except TrainingError as err:
-        raise UserError(f"{err}; the last good checkpoint is in {out}") from err
-    seconds = time.perf_counter() - t0
-    _write_report(run, out, seconds, args.device)
     return 0
 
 
@@ -125,26 +155,27 @@ def _train_config_of(path: Path, cfg: Any, args: argparse.Namespace) -> Any:
     from minidetr.train.loop import TrainConfig
 
     try:
-        saved = load_checkpoint(path).meta["train_config"]
-    except ValueError as err:
-        raise UserError(str(err)) from err
-    known = {f.name for f in fields(TrainConfig)}
-    resumed = TrainConfig(
-        **{k: (tuple(v) if isinstance(v, list) else v) for k, v in saved.items() if k in known}
-    )
-    for name in ("preset", "dataset", "batch_size", "seed", "lr"):
+        meta = load_checkpoint(path).meta
+        known = {f.name for f in fields(TrainConfig)}
+        saved = {k: v for k, v in meta["train_config"].items() if k in known}
+        resumed = TrainConfig(
+            **{k: (tuple(v) if isinstance(v, list) else v) for k, v in saved.items()}
+        )
+        step = int(meta["step"])
+    except (ValueError, TypeError, KeyError) as err:
+        raise UserError(f"--resume: cannot use {path}: {err}") from err
+    for name in ("preset", "dataset", "batch_size", "seed", "lr", "encoder_attention"):
         given = getattr(args, name, None)
         if given is not None and given != getattr(resumed, name):
             flag, saved_value = name.replace("_", "-"), getattr(resumed, name)
             raise UserError(f"--{flag} {given} differs from the run's {saved_value}")
-    if args.steps is not None:
-        resumed = replace(resumed, steps=args.steps)
-    return resumed
-
-
-def display_threshold(focal: bool) -> float:
-    """The lowest score drawn: sigmoid scores of focal models run lower than softmax ones."""
-    return 0.3 if focal else 0.5
+    steps = resumed.steps if args.steps is None else args.steps
+    if steps <= step:
+        raise UserError(
+            f"{path} is already at step {step}; pass --steps above {step} to train it further"
+        )
+    every = args.checkpoint_every or resumed.checkpoint_every
+    return replace(resumed, steps=steps, checkpoint_every=every)
 
 
 def _write_report(run: Any, out: Path, seconds: float, device: str) -> dict[str, Any]:
@@ -184,79 +215,47 @@ def _write_report(run: Any, out: Path, seconds: float, device: str) -> dict[str,
     save_prediction_grid(
         out / "predictions.png", [s.image for s in samples], results, run.val_set.classes
     )
+    written = [p for p in ("checkpoint.npz", "metrics.json", "loss.png", "predictions.png")]
+    written = [name for name in written if (out / name).is_file()]
     print(
         f"minidetr: AP {report['AP']:.3f}  AP50 {report['AP50']:.3f}  AP75 {report['AP75']:.3f}  "
         f"({report['steps']} steps, {report['seconds']:.0f} s); wrote {out}/"
-        "{checkpoint.npz, metrics.json, loss.png, predictions.png}"
+        f"{{{', '.join(written)}}}"
     )
     return report
 
 
-def _load_run(checkpoint: str, device: str) -> Any:
-    from minidetr.train.checkpoint import load_checkpoint
-    from minidetr.train.loop import Run, TrainConfig
-
-    like = device_like(device)
-    try:
-        ck = load_checkpoint(checkpoint, like=like)
-        cfg = TrainConfig(**ck.meta["train_config"])
-    except (ValueError, TypeError, KeyError) as err:
-        raise UserError(f"cannot use {checkpoint}: {err}") from err
-    run = Run(cfg, like)
-    try:
-        run.model.check_params(ck.params)
-    except ValueError as err:
-        raise UserError(f"{checkpoint} does not fit preset {cfg.preset!r}: {err}") from err
-    run.params, run.step, run.history = ck.params, int(ck.meta["step"]), ck.meta.get("history", [])
-    return run
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
-    run = _load_run(args.checkpoint, args.device)
+    from minidetr.inference import load_run
+
+    run = load_run(args.checkpoint, args.device)
     metrics = run.evaluate()
     print(json.dumps({k: round(v, 4) for k, v in metrics.items()}, indent=2))
     return 0
 
 
-def _read_image(path: str, size: int) -> np.ndarray:
-    """A picture file as a (3, size, size) float32 array in [0, 1]."""
-    import matplotlib.image
-    from scipy.ndimage import zoom
-
-    try:
-        img = np.asarray(matplotlib.image.imread(path), dtype=np.float64)
-    except Exception as err:
-        raise UserError(f"cannot read image {path}: {err}") from err
-    if img.ndim == 2:
-        img = np.stack([img] * 3, axis=-1)
-    img = img[..., :3]
-    if img.max() > 1.0:
-        img = img / 255.0
-    h, w = img.shape[:2]
-    img = zoom(img, (size / h, size / w, 1), order=1)
-    return np.ascontiguousarray(np.transpose(img, (2, 0, 1)), dtype=np.float32)
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     from minidetr.evaluate import postprocess
+    from minidetr.inference import display_threshold, load_run, output_names, read_image
     from minidetr.visualize import save_prediction_grid
 
-    run = _load_run(args.checkpoint, args.device)
+    for path in args.images:
+        input_file(path, "image")
+    out = output_folder(args.out)
+    run = load_run(args.checkpoint, args.device)
     threshold = (
         display_threshold(run.model.config.focal) if args.threshold is None else args.threshold
     )
     size = run.model.config.image_size
-    images = [_read_image(p, size) for p in args.images]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    images = [read_image(p, size) for p in args.images]
     outputs, _ = run.model.forward(
         run.params, asarray(np.stack(images), like=run.like), train=False
     )
     results = postprocess(
         outputs.pred_logits, outputs.pred_boxes, size, focal=run.model.config.focal
     )
-    for path, image, result in zip(args.images, images, results):
-        target = out / (Path(path).stem + "_pred.png")
+    for path, name, image, result in zip(args.images, output_names(args.images), images, results):
+        target = out / name
         save_prediction_grid(target, [image], [result], run.val_set.classes, threshold, columns=1)
         keep = result["scores"] >= threshold
         found = ", ".join(
@@ -267,60 +266,108 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from minidetr.data import DATASETS
-    from minidetr.model import PRESETS
+class Parser(argparse.ArgumentParser):
+    """argparse, with a mistake reported in one line (and a pointer to --help)."""
 
-    parser = argparse.ArgumentParser(prog="minidetr", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--device", default="cpu", help="cpu (NumPy) or cuda (CuPy)")
-    common.add_argument(
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu", help="cpu (NumPy) or cuda (CuPy)")
+    parser.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=1,
         help="BLAS and Numba threads (default 1, fastest on 2 cores)",
     )
 
-    t = sub.add_parser("train", parents=[common], help="train a tiny DETR on built-in data")
-    t.add_argument("--preset", choices=sorted(PRESETS), help="model preset (default: deformable)")
-    t.add_argument("--dataset", choices=sorted(DATASETS), help="built-in dataset (default: shapes)")
-    t.add_argument("--steps", type=int, help="optimizer steps")
-    t.add_argument("--batch-size", type=int, help="images per step")
-    t.add_argument("--lr", type=float, help="peak learning rate")
-    t.add_argument("--seed", type=int, help="seed of data, initialisation and noise")
-    t.add_argument("--out", help="output folder (default: runs/<timestamp>)")
+
+def add_train_parser(sub: Any) -> None:
+    from minidetr.data import DATASETS
+    from minidetr.model import PRESETS
+    from minidetr.model.config import ENCODER_ATTENTIONS
+    from minidetr.train.loop import TrainConfig
+
+    d = TrainConfig()
+    what = "train a tiny DETR on built-in data"
+    t = sub.add_parser("train", help=what, description=what)
+    add_common_options(t)
+    t.add_argument("--preset", choices=sorted(PRESETS), help=f"model preset (default {d.preset})")
+    t.add_argument(
+        "--dataset", choices=sorted(DATASETS), help=f"built-in dataset (default {d.dataset})"
+    )
+    t.add_argument(
+        "--encoder-attention",
+        choices=ENCODER_ATTENTIONS,
+        help="the standard preset's encoder self-attention (default softmax)",
+    )
+    t.add_argument("--steps", type=positive_int, help=f"optimizer steps (default {d.steps})")
+    t.add_argument(
+        "--batch-size", type=positive_int, help=f"images per step (default {d.batch_size})"
+    )
+    t.add_argument("--lr", type=positive_float, help=f"peak learning rate (default {d.lr:g})")
+    t.add_argument(
+        "--seed",
+        type=non_negative_int,
+        help=f"seed of data, initialisation and noise, >= 0 (default {d.seed})",
+    )
+    t.add_argument(
+        "--checkpoint-every",
+        type=positive_int,
+        help=f"steps between checkpoints (default {d.checkpoint_every})",
+    )
+    t.add_argument("--out", help="output folder (default runs/<timestamp>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--force", action="store_true", help="overwrite a run already in --out")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--quiet", action="store_true", help="no progress output")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser(
-        "eval", parents=[common], help="COCO AP of a checkpoint on the held-out split"
-    )
+
+def add_eval_parser(sub: Any) -> None:
+    what = "COCO AP of a checkpoint on the held-out split"
+    e = sub.add_parser("eval", help=what, description=what)
+    add_common_options(e)
     e.add_argument("checkpoint")
     e.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", parents=[common], help="draw a checkpoint's detections on images")
+
+def add_predict_parser(sub: Any) -> None:
+    what = "draw a checkpoint's detections on images"
+    p = sub.add_parser("predict", help=what, description=what)
+    add_common_options(p)
     p.add_argument("checkpoint")
     p.add_argument("images", nargs="+")
     p.add_argument("--out", default="predictions", help="folder for the annotated images")
     p.add_argument(
-        "--threshold", type=float, help="lowest score drawn (default 0.3 focal, 0.5 softmax)"
+        "--threshold",
+        type=probability,
+        help="lowest score drawn, in [0, 1] (default 0.3 focal, 0.5 softmax)",
     )
     p.set_defaults(func=cmd_predict)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="minidetr", description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    add_train_parser(sub)
+    add_eval_parser(sub)
+    add_predict_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run the command; a ``UserError`` is one line on stderr and exit status 2."""
     try:
+        args = build_parser().parse_args(argv)
         limit_threads(args.threads)
         return args.func(args)
-    except (UserError, ValueError) as err:
+    except UserError as err:
         print(f"minidetr: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nminidetr: interrupted; nothing was saved", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -424,3 +424,90 @@ def test_conversion_backwards_are_inverse_transposes(rng):
     (back,) = B.box_cxcywh_to_xyxy_backward(d, B.BoxConversionCache())
     (again,) = B.box_xyxy_to_cxcywh_backward(back, B.BoxConversionCache())
     np.testing.assert_allclose(again, d, rtol=1e-14, atol=1e-14)
+
+
+# ------------------------------------------------------------------ the whole float range
+
+# (dtype, powers of two k for the scale 2**k): up to near each dtype's largest number
+RANGES = [(np.float32, (40, 125)), (np.float64, (300, 1020))]
+
+
+def _namespaces():
+    spaces = [np]
+    try:
+        import array_api_strict
+
+        spaces.append(array_api_strict)
+    except ImportError:
+        pass
+    return spaces
+
+
+@pytest.mark.parametrize(("dtype", "powers"), RANGES)
+@given(ints1=grid_boxes(1), ints2=grid_boxes(1), k=st.integers(0, 1 << 30))
+def test_giou_is_exactly_scale_invariant_up_to_the_largest_float(dtype, powers, ints1, ints2, k):
+    """Scaling both boxes by 2**k changes nothing, even where their areas overflow the dtype."""
+    k = powers[0] + k % (powers[1] - powers[0])
+    b1, b2 = as_array(ints1).astype(dtype), as_array(ints2).astype(dtype)
+    big1, big2 = b1 * dtype(2.0**k), b2 * dtype(2.0**k)  # exact: powers of two
+    assert np.all(np.isfinite(big1)) and np.all(np.isfinite(big2))
+    dg = np.random.default_rng(len(ints1)).standard_normal((len(b1), len(b2))).astype(dtype)
+    for xp in _namespaces():
+        giou, cache = B.generalized_box_iou_forward(xp.asarray(b1), xp.asarray(b2))
+        big, big_cache = B.generalized_box_iou_forward(xp.asarray(big1), xp.asarray(big2))
+        np.testing.assert_array_equal(to_numpy(big), to_numpy(giou))
+        iou, _ = B.box_iou(xp.asarray(big1), xp.asarray(big2))
+        np.testing.assert_array_equal(
+            to_numpy(iou), to_numpy(B.box_iou(xp.asarray(b1), xp.asarray(b2))[0])
+        )
+        paired = B.paired_generalized_box_iou(xp.asarray(big1[:1]), xp.asarray(big2[:1]))
+        small = B.paired_generalized_box_iou(xp.asarray(b1[:1]), xp.asarray(b2[:1]))
+        np.testing.assert_array_equal(to_numpy(paired), to_numpy(small))
+        # the gradient scales by 2**-k: compare it scaled back, where it is a normal number
+        d1, d2 = B.generalized_box_iou_backward(xp.asarray(dg), cache)
+        e1, e2 = B.generalized_box_iou_backward(xp.asarray(dg), big_cache)
+        back = dtype(2.0 ** min(k, 60))
+        rest = dtype(2.0 ** (k - min(k, 60)))
+        for small, large in ((d1, e1), (d2, e2)):
+            assert np.all(np.isfinite(to_numpy(large)))
+            expected = to_numpy(small) / back / rest
+            np.testing.assert_allclose(to_numpy(large), expected, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "scale"),
+    [(np.float32, 1e19), (np.float32, 3e37), (np.float64, 1e200), (np.float64, 1e307)],
+)
+def test_giou_of_huge_boxes_is_finite_and_right(dtype, scale):
+    b1 = np.array([[0.0, 0.0, 1.0, 1.0], [0.5, 0.5, 2.0, 3.0]])
+    b2 = np.array([[0.2, 0.1, 1.5, 1.2], [3.0, 3.0, 4.0, 4.0]])
+    expected = B.generalized_box_iou(b1, b2)
+    for xp in _namespaces():
+        big1, big2 = xp.asarray((b1 * scale).astype(dtype)), xp.asarray((b2 * scale).astype(dtype))
+        giou, cache = B.generalized_box_iou_forward(big1, big2)
+        np.testing.assert_allclose(to_numpy(giou), expected, rtol=0, atol=1e-6)
+        paired, pcache = B.paired_generalized_box_iou_forward(big1, big2)
+        np.testing.assert_allclose(to_numpy(paired), np.diag(expected), rtol=0, atol=1e-6)
+        grads = B.generalized_box_iou_backward(xp.ones((2, 2), dtype=giou.dtype), cache)
+        grads += B.paired_generalized_box_iou_backward(xp.ones((2,), dtype=giou.dtype), pcache)
+        assert all(np.all(np.isfinite(to_numpy(g))) for g in grads)
+
+
+def test_giou_of_pixel_boxes_in_float16_is_finite_and_close_to_float64():
+    b1 = np.array([[10, 20, 300, 310], [50, 60, 200, 290], [0, 0, 640, 480]], dtype=np.float64)
+    b2 = np.array([[0, 0, 290, 300], [100, 100, 120, 130]], dtype=np.float64)
+    expected = B.generalized_box_iou(b1, b2)
+    giou, cache = B.generalized_box_iou_forward(b1.astype(np.float16), b2.astype(np.float16))
+    assert giou.dtype == np.float16
+    np.testing.assert_allclose(giou.astype(np.float64), expected, rtol=0, atol=2e-3)
+    paired = B.paired_generalized_box_iou(b1[:2].astype(np.float16), b2.astype(np.float16))
+    np.testing.assert_allclose(paired.astype(np.float64), np.diag(expected), atol=2e-3)
+    d1, d2 = B.generalized_box_iou_backward(np.ones((3, 2), dtype=np.float16), cache)
+    assert np.all(np.isfinite(d1)) and np.all(np.isfinite(d2))
+
+
+def test_below_the_limit_nothing_changes():
+    for dtype in (np.float16, np.float32, np.float64):
+        limit = B.safe_coordinate_limit(np.zeros(1, dtype=dtype))
+        assert B._safe_scale(np.array([[0, 0, limit, limit]], dtype=dtype)) == 1.0
+        assert B._safe_scale(np.array([[0, 0, 2 * limit, 2 * limit]], dtype=dtype)) < 1.0

@@ -1,4 +1,4 @@
-"""The model reads the device only where it must: one read per deformable attention call.
+"""The model reads the device only where it must: its images, and each deformable attention.
 
 array-api-strict stands in for a GPU: every conversion of one of its arrays to a
 Python value (``bool``, ``int``, ``float``, an index) or to a host buffer is a
@@ -7,11 +7,15 @@ read of the device, and is counted here.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
+from minidetr.boxes import generalized_box_iou_forward
 from minidetr.deformable import init_ms_deform_attn_params, ms_deform_attn_module_forward
 from minidetr.model import PRESETS, MiniDETR
+from minidetr.ops import cross_entropy_forward
 
 xps = pytest.importorskip("array_api_strict")
 READS = ("__bool__", "__int__", "__float__", "__index__", "__array__", "__buffer__")
@@ -34,8 +38,16 @@ def reads(monkeypatch):
     return seen
 
 
+CONFIGS = {
+    "detr": dataclasses.replace(PRESETS["tiny"], anchor_queries=False, box_refine=False,
+                                denoising=False),
+    "tiny": PRESETS["tiny"],
+    "tiny-deformable": PRESETS["tiny-deformable"],
+}  # fmt: skip
+
+
 def _model_inputs(name):
-    cfg = PRESETS[name]
+    cfg = CONFIGS[name]
     model = MiniDETR(cfg)
     like = xps.asarray(np.zeros(1, dtype=np.float64))
     params = model.init_params(0, like=like)
@@ -43,12 +55,13 @@ def _model_inputs(name):
     return cfg, model, params, images
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny-deformable"])
-def test_model_reads_the_device_once_per_deformable_attention(name, reads):
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_model_reads_the_device_for_its_images_and_each_deformable_attention(name, reads):
     cfg, model, params, images = _model_inputs(name)
     outputs, cache = model.forward(params, images, train=False)
     deformable_calls = cfg.num_encoder_layers + cfg.num_decoder_layers
-    assert len(reads) == (deformable_calls if cfg.variant == "deformable" else 0)
+    # one read checks the images are finite, then one per deformable attention call
+    assert len(reads) == 1 + (deformable_calls if cfg.variant == "deformable" else 0)
     reads.clear()
     dout = {
         "pred_logits": xps.ones_like(outputs.pred_logits),
@@ -68,3 +81,15 @@ def test_deformable_module_reads_the_device_once(reads):
         params, query, ref, memory, ((4, 4), (2, 2)), n_heads=2, n_levels=2, n_points=2
     )
     assert reads == ["__bool__"]
+
+
+def test_cross_entropy_reads_the_device_once(reads):
+    logits = xps.asarray(np.random.default_rng(0).standard_normal((5, 4)))
+    cross_entropy_forward(logits, xps.asarray([0, 3, 1, 3, 2]), xps.asarray([1.0, 1, 1, 0.1]))
+    assert reads == ["__bool__"]
+
+
+def test_giou_checks_both_box_arrays_in_one_read(reads):
+    boxes = xps.asarray([[0.1, 0.1, 0.4, 0.5], [0.2, 0.3, 0.9, 0.6]])
+    generalized_box_iou_forward(boxes, boxes[:1, :])
+    assert reads.count("__bool__") == 1  # the validity of both; the range scaling reads floats

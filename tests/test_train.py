@@ -55,12 +55,13 @@ def test_resume_refuses_another_config(tmp_path):
 def test_non_finite_values_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path):
     name = "backbone.stages.0.conv.weight"
 
-    def break_after_2(run, record, seconds_per_step):
-        if record["step"] == 2:  # after the step-2 checkpoint has been written
+    def break_after_3(run, record, seconds_per_step):
+        if record["step"] == 3:  # after step 3 has proved the step-2 state and saved it
             run.params[name] = run.params[name] * np.float32(np.nan)
 
-    with pytest.raises(TrainingError, match=r"step 2: .* must be finite"):
-        train(TINY, tmp_path, LIKE, progress=break_after_2)
+    with pytest.raises(TrainingError, match=r"step 3: .* must be finite") as info:
+        train(TINY, tmp_path, LIKE, progress=break_after_3)
+    assert info.value.checkpoint == (str(tmp_path / "checkpoint.npz"), 2)
     ck = load_checkpoint(tmp_path / "checkpoint.npz")
     assert ck.meta["step"] == 2
     assert all(np.all(np.isfinite(p)) for p in ck.params.values())

@@ -60,7 +60,8 @@ class DigitsDataset:
         scales = rng.integers(2, 4, size=count)
         slots = place_boxes(rng, [(8 * k, 8 * k) for k in scales], s, max_iou=0.1)
         boxes, labels = [], []
-        for slot, k in zip(slots, scales):
+        for slot in slots:  # a glyph that found no place is left out: size from the slot itself
+            k = int(round((slot[2] - slot[0]) / 8))
             i = int(rng.integers(len(self._glyphs)))
             glyph = np.kron(self._glyphs[i], np.ones((k, k)))  # (8k, 8k)
             x0, y0 = int(slot[0]), int(slot[1])

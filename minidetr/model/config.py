@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 VARIANTS = ("standard", "deformable")
+ENCODER_ATTENTIONS = (
+    "softmax", "linear", "performer", "topk", "window", "linformer", "hierarchical"
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,8 @@ class ModelConfig:
     learned_content: bool = True  # False: content queries start at zero (tgt = 0), as in DETR
     share_heads: bool = True  # False: each decoder layer its own class and box head (Deformable
     # DETR with box refinement); True: one pair for all layers (DETR, DINO)
+    # the standard encoder's self-attention core (minidetr.attention.multihead), one feature map
+    encoder_attention: str = "softmax"
 
     def __post_init__(self) -> None:
         for name in ("backbone_channels", "backbone_blocks"):  # lists, e.g. from JSON, to tuples
@@ -104,6 +109,18 @@ class ModelConfig:
             raise ValueError(f"{', '.join(needs_anchor)} needs anchor_queries=True")
         if self.image_size % self.stride:
             raise ValueError(f"image_size must be a multiple of the stride {self.stride}")
+        if self.encoder_attention not in ENCODER_ATTENTIONS:
+            raise ValueError(
+                f"encoder_attention must be one of {ENCODER_ATTENTIONS}, "
+                f"got {self.encoder_attention!r}"
+            )
+        if self.encoder_attention != "softmax" and (
+            self.variant != "standard" or self.num_levels != 1
+        ):
+            raise ValueError(
+                f"encoder_attention {self.encoder_attention!r} needs variant='standard' "
+                "with num_levels=1 (one token grid)"
+            )
 
     @property
     def stride(self) -> int:

@@ -28,7 +28,6 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from minidetr.backend import Array, Rng, asarray, namespace
-from minidetr.checks import check_dim, check_floating, check_ndim
 from minidetr.model.attention_kind import STANDARD, AttentionKind
 from minidetr.model.backbone import (
     BackboneCache,
@@ -40,8 +39,10 @@ from minidetr.model.config import ModelConfig
 from minidetr.model.decoder import DecoderCache, Queries, decoder_backward, decoder_forward
 from minidetr.model.decoder_layer import init_decoder_layers
 from minidetr.model.deformable_transformer import DEFORMABLE
+from minidetr.model.efficient_encoder import EFFICIENT_ENCODER
 from minidetr.model.encoder import encoder_backward, encoder_forward, init_encoder
 from minidetr.model.heads import init_decoder_heads
+from minidetr.model.inputs import check_denoising, check_images
 from minidetr.model.memory import Memory
 from minidetr.model.params import accumulate, check_params
 from minidetr.model.queries import init_queries
@@ -66,8 +67,11 @@ from minidetr.setloss.denoising import DenoisingQueries
 
 
 def attention_kind(cfg: ModelConfig) -> AttentionKind:
-    """Dense attention for DETR, multi-scale deformable attention for Deformable DETR."""
-    return DEFORMABLE if cfg.variant == "deformable" else STANDARD
+    """Dense attention for DETR (its encoder core set by ``encoder_attention``), multi-scale
+    deformable attention for Deformable DETR."""
+    if cfg.variant == "deformable":
+        return DEFORMABLE
+    return STANDARD if cfg.encoder_attention == "softmax" else EFFICIENT_ENCODER
 
 
 class MiniDETRCache(NamedTuple):
@@ -142,22 +146,6 @@ class MiniDETR:
 
     # ------------------------------------------------------------------ forward
 
-    def _check_images(self, images: Any, params: dict) -> None:
-        check_floating(images, "images")
-        check_ndim(images, 4, "images", "(B, 3, H, W)")
-        check_dim(images, 1, 3, "images", "RGB channels, layout (B, 3, H, W)")
-        s = self.config.stride
-        h, w = images.shape[2], images.shape[3]
-        if h % s or w % s or h == 0 or w == 0:
-            raise ValueError(
-                f"images height and width must be positive multiples of the backbone stride {s}, "
-                f"got {h}x{w}; pad or resize them"
-            )
-        dtype = params["backbone.stages.0.conv.weight"].dtype
-        if images.dtype != dtype:
-            raise TypeError(f"images must have the parameters' dtype {dtype}, got {images.dtype}")
-        namespace(images, *params.values())  # TypeError when array libraries mix
-
     def forward(
         self,
         params: dict,
@@ -183,7 +171,7 @@ class MiniDETR:
         """
         cfg = self.config
         check_params(params, self.param_shapes)
-        self._check_images(images, params)
+        check_images(images, params, cfg)
         if isinstance(rng, np.random.Generator):
             rng = Rng(rng)
         xp = namespace(images)
@@ -219,7 +207,7 @@ class MiniDETR:
 
         mask, emb, qdn = None, None, 0
         if denoising is not None:
-            self._check_denoising(denoising, b)
+            check_denoising(denoising, cfg, b)
             qdn = int(denoising.labels.shape[1])
             dn_tgt, emb = embedding_forward(denoising.labels, params["query.label_embed"])
             dn_ref = inverse_sigmoid(xp.astype(denoising.boxes, images.dtype))  # (B, Qdn, 4)
@@ -243,21 +231,6 @@ class MiniDETR:
             groups[DN] = QueryGroup(dn, denoising)
         cache = MiniDETRCache(bb, tk, enc, ts, emb, dec, qdn)
         return SetOutputs(groups), cache
-
-    def _check_denoising(self, dn: Any, batch: int) -> None:
-        if not isinstance(dn, DenoisingQueries):
-            raise TypeError(f"denoising must be a DenoisingQueries, got {type(dn).__name__}")
-        if not self.config.denoising:
-            raise ValueError(
-                "denoising queries need a config with denoising=True (a label embedding)"
-            )
-        if dn.num_queries != self.config.num_queries:
-            raise ValueError(
-                f"denoising was made for {dn.num_queries} matching queries, the model has "
-                f"{self.config.num_queries}"
-            )
-        if dn.labels.shape[0] != batch:
-            raise ValueError(f"denoising holds {dn.labels.shape[0]} images, images hold {batch}")
 
     # ------------------------------------------------------------------ backward
 
@@ -292,7 +265,7 @@ class MiniDETR:
         elif cfg.anchor_queries:
             accumulate(grads, "query.anchors", xp.sum(dref[:, qdn:, :], axis=0))
         else:
-            accumulate(grads, "query.pos", dqpos[0])
+            accumulate(grads, "query.pos", dqpos[0, ...])
         dsrc, dpos = encoder_backward(dmemory, cache.encoder, self.kind, grads)
         if dmemory_pos is not None:
             dpos = dmemory_pos if dpos is None else dpos + dmemory_pos

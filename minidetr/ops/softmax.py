@@ -72,22 +72,25 @@ def cross_entropy_forward(
     check_integral(targets, "targets")
     check_ndim(targets, 1, "targets", "(N,)")
     check_dim(targets, 0, logits.shape[0], "targets", "rows of logits")
-    check_finite(logits, "logits")
     xp = namespace(logits)
     n, c = logits.shape
-    if n and bool(xp.any((targets < 0) | (targets >= c))):
-        raise ValueError(f"targets must be class indices in [0, {c}), got {targets}")
     if weight is None:
         weight = xp.ones((c,), dtype=logits.dtype, device=logits.device)
     check_dim(weight, 0, c, "weight", "classes of logits")
+    outside = (targets < 0) | (targets >= c)  # (N,)
     onehot = xp.astype(
         targets[:, None] == xp.arange(c, device=logits.device)[None, :], logits.dtype
     )
-    logp, lcache = log_softmax_forward(logits)  # (N, C)
     w = xp.sum(onehot * weight, axis=1)  # (N,)
     total_weight = xp.sum(w)
-    if not bool(total_weight > 0):
+    # the three value checks in one read of the device; only a failure reads more, to say which
+    valid = xp.all(xp.isfinite(logits)) & ~xp.any(outside) & (total_weight > 0)
+    if not bool(valid):
+        check_finite(logits, "logits")
+        if n and bool(xp.any(outside)):
+            raise ValueError(f"targets must be class indices in [0, {c}), got {targets}")
         raise ValueError("weight gives every target zero weight; the mean is undefined")
+    logp, lcache = log_softmax_forward(logits)  # (N, C)
     loss = -xp.sum(w * xp.sum(onehot * logp, axis=1)) / total_weight
     return loss, CrossEntropyCache(lcache.p, onehot, w, total_weight)
 

@@ -24,6 +24,10 @@ from minidetr.train.optim import AdamWState
 FORMAT = "minidetr-checkpoint-1"
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, corrupt, foreign, or from another run."""
+
+
 class Checkpoint(NamedTuple):
     params: dict[str, np.ndarray]
     opt_state: AdamWState | None
@@ -54,19 +58,32 @@ def save_checkpoint(
         raise
 
 
+def remove_stale_temporaries(folder: str | Path, name: str = "checkpoint.npz") -> list[Path]:
+    """Delete the ``name.*.tmp`` files an interrupted save left in ``folder``; return them.
+
+    ``save_checkpoint`` removes its temporary file itself unless the process is killed
+    outright (SIGKILL, a power cut) between creating and renaming it.
+    """
+    stale = sorted(Path(folder).glob(f"{name}.*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def load_checkpoint(path: str | Path, like: Array | None = None) -> Checkpoint:
     """Read a checkpoint; arrays go to the namespace/device of ``like`` when given.
 
-    A missing, truncated or foreign file raises ``ValueError`` saying so.
+    A missing, truncated or foreign file raises ``CheckpointError`` (a ``ValueError``)
+    saying so.
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         with np.load(path, allow_pickle=False) as data:
             header = json.loads(bytes(data["header"]).decode())
             if header.get("format") != FORMAT:
-                raise ValueError(f"{path} is not a minidetr checkpoint")
+                raise CheckpointError(f"{path} is not a minidetr checkpoint")
             params, m, v = {}, {}, {}
             for key in data.files:
                 kind, _, name = key.partition("/")
@@ -74,7 +91,7 @@ def load_checkpoint(path: str | Path, like: Array | None = None) -> Checkpoint:
                 if target is not None:
                     target[name] = data[key]
     except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, EOFError) as err:
-        raise ValueError(f"checkpoint {path} is unreadable or corrupt ({err})") from err
+        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt ({err})") from err
 
     def place(d: dict[str, np.ndarray]) -> dict[str, Array]:
         return d if like is None else {k: asarray(a, like=like) for k, a in d.items()}

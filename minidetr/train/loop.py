@@ -9,37 +9,57 @@ exactly the steps an uninterrupted run would have taken.
 from __future__ import annotations
 
 import json
-import math
 import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from minidetr.backend import Array, Rng, namespace
+from minidetr.backend import Array, Rng
 from minidetr.data import DATASETS, Dataset, collate, to_coco
 from minidetr.evaluate import coco_detections, coco_evaluate, postprocess
 from minidetr.model import PRESETS, MiniDETR, ModelConfig
 from minidetr.setloss import LossWeights, SetCriterion, check_targets
 from minidetr.setloss.denoising import make_denoising_queries
 from minidetr.setloss.matching import HungarianMatcher
-from minidetr.train.checkpoint import load_checkpoint, save_checkpoint
+from minidetr.train.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
+from minidetr.train.config_checks import check_train_config
+from minidetr.train.divergence import (
+    SavedCheckpoint,
+    TrainingError,
+    check_gradients,
+    check_loss,
+    check_parameters,
+    learning_rate_cause,
+)
 from minidetr.train.optim import (
     AdamWConfig,
     AdamWState,
     adamw_init,
     adamw_step,
     clip_grad_norm,
+    global_norm,
     learning_rate,
 )
+from minidetr.train.progress import progress_bar  # noqa: F401  (the lesson imports it from here)
+
+__all__ = ["Interrupted", "Run", "TrainConfig", "TrainingError", "train"]
 
 
-class TrainingError(RuntimeError):
-    """A run that cannot go on (a non-finite loss or gradient); the last good checkpoint stays."""
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped the run; ``checkpoint`` holds it now (None: nothing saved)."""
+
+    def __init__(self, checkpoint: SavedCheckpoint | None) -> None:
+        super().__init__()
+        self.checkpoint = checkpoint
 
 
 @dataclass(frozen=True)
@@ -47,6 +67,7 @@ class TrainConfig:
     """Everything that decides a training run besides the model's shape."""
 
     preset: str = "deformable"
+    encoder_attention: str = "softmax"  # the standard preset's encoder core (ModelConfig)
     dataset: str = "shapes"
     steps: int = 1500
     batch_size: int = 16
@@ -71,11 +92,18 @@ class TrainConfig:
     dn_box_noise: float = 0.4
     dn_contrastive: bool = True
 
+    def __post_init__(self) -> None:
+        check_train_config(self)
+        if self.encoder_attention != "softmax" and self.preset in PRESETS:
+            # the model config says whether this preset can take that encoder attention
+            replace(PRESETS[self.preset], encoder_attention=self.encoder_attention)
 
-def make_model(preset: str, num_classes: int) -> MiniDETR:
+
+def make_model(preset: str, num_classes: int, encoder_attention: str = "softmax") -> MiniDETR:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    return MiniDETR(replace(PRESETS[preset], num_classes=num_classes))
+    config = replace(PRESETS[preset], num_classes=num_classes, encoder_attention=encoder_attention)
+    return MiniDETR(config)
 
 
 def dataset_class(name: str) -> type:
@@ -119,18 +147,29 @@ def _is_backbone(name: str) -> bool:
     return name.startswith("backbone.")
 
 
+class RunState(NamedTuple):
+    """What a checkpoint holds of a run: parameters, optimizer state, step and loss history."""
+
+    params: dict[str, Array]
+    opt_state: AdamWState
+    step: int
+    history: list[dict[str, float]]
+
+
 class Run:
     """The state of one training run: model, data, criterion, parameters and optimizer."""
 
     def __init__(self, cfg: TrainConfig, like: Array) -> None:
         self.cfg = cfg
         self.like = like
-        self.model = make_model(cfg.preset, len(dataset_class(cfg.dataset).classes))
+        num_classes = len(dataset_class(cfg.dataset).classes)
+        self.model = make_model(cfg.preset, num_classes, cfg.encoder_attention)
         self.train_set, self.val_set = make_datasets(cfg, self.model.config.image_size)
         self.criterion = make_criterion(cfg, self.model.config)
         self.params = self.model.init_params(seed=cfg.seed, like=like)
         self.opt_cfg = AdamWConfig(lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.opt_state: AdamWState = adamw_init(self.params)
+        self.initial_norm = global_norm(self.params)  # the reference for check_parameters
         self.step = 0
         self.history: list[dict[str, float]] = []
 
@@ -163,20 +202,20 @@ class Run:
                 self.params, images, train=True, rng=rng, denoising=dn
             )
             losses, ccache = self.criterion.forward(outputs, targets)
-        except ValueError as err:  # a non-finite activation or prediction, named where found
-            raise TrainingError(f"step {self.step}: {err}") from err
+        except ValueError as err:
+            if "finite" not in str(err):  # anything but a non-finite value is a bug: keep it
+                raise
+            cause = "the input data" if str(err).startswith("images") else None
+            raise TrainingError(
+                self.step, str(err), cause or learning_rate_cause(cfg.lr, bool(self.history))
+            ) from err
         loss = float(losses["loss"])
-        if not math.isfinite(loss):
-            terms = {k: float(v) for k, v in losses.items() if k.startswith("loss")}
-            raise TrainingError(f"step {self.step}: the loss is {loss} ({terms})")
+        terms = {k: float(v) for k, v in losses.items() if k.startswith("loss")}
+        check_loss(self.step, terms, self.history, cfg.lr)
         output_grads = self.criterion.backward(ccache)
         grads = self.model.backward(output_grads, cache)
         grads, norm = clip_grad_norm(grads, cfg.clip_norm)
-        if not math.isfinite(norm):
-            bad = next(
-                k for k, g in grads.items() if not bool(namespace(g).all(namespace(g).isfinite(g)))
-            )
-            raise TrainingError(f"step {self.step}: the gradient of {bad} is not finite")
+        check_gradients(self.step, grads, norm, self.history, cfg.lr)
         lr = learning_rate(self.step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.final_lr_ratio)
         rates = {k: lr * (cfg.backbone_lr_ratio if _is_backbone(k) else 1.0) for k in self.params}
         self.params, self.opt_state = adamw_step(
@@ -192,17 +231,44 @@ class Run:
 
     # --- checkpoints --------------------------------------------------------------------
 
-    def save(self, path: Path, extra: dict[str, Any] | None = None) -> None:
+    def snapshot(self) -> RunState:
+        return RunState(dict(self.params), self.opt_state, self.step, list(self.history))
+
+    def set_state(self, state: RunState) -> None:
+        self.params, self.opt_state = dict(state.params), state.opt_state
+        self.step, self.history = state.step, list(state.history)
+
+    def save(
+        self, path: Path, extra: dict[str, Any] | None = None, state: RunState | None = None
+    ) -> None:
+        """Write the current state, or ``state`` (an earlier ``snapshot()``), to ``path``."""
+        state = state or self.snapshot()
         meta = {
             "model_config": asdict(self.model.config),
             "train_config": asdict(self.cfg),
-            "step": self.step,
+            "step": state.step,
             # every step's randomness is derived from (seed, step): this is the RNG state
-            "rng_state": {"seed": self.cfg.seed, "next_step": self.step},
-            "history": self.history,
+            "rng_state": {"seed": self.cfg.seed, "next_step": state.step},
+            "history": state.history,
             **(extra or {}),
         }
-        save_checkpoint(path, self.params, self.opt_state, meta)
+        save_checkpoint(path, state.params, state.opt_state, meta)
+
+    def check_update(self) -> None:
+        """Raise ``TrainingError`` unless the parameters after the last step are sound."""
+        norm = global_norm(self.params)
+        check_parameters(self.step - 1, self.params, norm, self.initial_norm, self.cfg.lr)
+
+    def vet(self) -> None:
+        """Raise ``TrainingError`` unless one more step from the current state is healthy.
+
+        The trial step is undone: the state afterwards is the state before.
+        """
+        state = self.snapshot()
+        try:
+            self.train_step()
+        finally:
+            self.set_state(state)
 
     def restore(self, path: Path) -> None:
         ck = load_checkpoint(path, like=self.like)
@@ -212,8 +278,13 @@ class Run:
         mine = {k: v for k, v in json.loads(json.dumps(asdict(self.cfg))).items() if k not in free}
         if saved != mine:
             diff = sorted(k for k in mine if saved.get(k) != mine[k])
-            raise ValueError(f"checkpoint {path} was made with another training config ({diff})")
-        self.model.check_params(ck.params)
+            raise CheckpointError(
+                f"checkpoint {path} was made with another training config ({diff})"
+            )
+        try:
+            self.model.check_params(ck.params)
+        except ValueError as err:
+            raise CheckpointError(f"checkpoint {path} does not fit the model: {err}") from err
         self.params, self.opt_state = ck.params, ck.opt_state
         self.step, self.history = int(ck.meta["step"]), list(ck.meta["history"])
 
@@ -254,55 +325,57 @@ def train(
 ) -> Run:
     """Train to ``cfg.steps``, checkpointing atomically to ``out_dir/checkpoint.npz``.
 
-    Ctrl-C (SIGINT) and SIGTERM finish the current step, write a checkpoint and
-    raise ``KeyboardInterrupt``. A non-finite loss or gradient raises
-    ``TrainingError`` and leaves the last good checkpoint in place.
+    A state due to be saved (every ``cfg.checkpoint_every`` steps) is written only once
+    the next step from it has proved healthy (see ``divergence``); the last state is
+    proved by a trial step that is then undone. So every checkpoint is a good one.
+    Ctrl-C (SIGINT) and SIGTERM finish the current step, save, and raise ``Interrupted``
+    (a ``KeyboardInterrupt``) naming the checkpoint. A diverging step raises
+    ``TrainingError`` whose ``checkpoint`` names the last good one, or None when none
+    was written. Temporary files of interrupted saves are removed first.
     """
     run = Run(cfg, like)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = out_dir / "checkpoint.npz"
+    remove_stale_temporaries(out_dir, ckpt.name)
+    saved = None
     if resume:
         run.restore(ckpt)
+        saved = SavedCheckpoint(str(ckpt), run.step)
     stop = {"now": False}
 
     def request_stop(signum: int, frame: Any) -> None:
         stop["now"] = True
 
+    def write(state: RunState) -> SavedCheckpoint:
+        run.save(ckpt, state=state)
+        return SavedCheckpoint(str(ckpt), state.step)
+
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    pending: RunState | None = None  # due to be saved, once the next step has proved it
     try:
         start = time.perf_counter()
         first_step = run.step
-        while run.step < cfg.steps:
+        while run.step < cfg.steps and not stop["now"]:
             record = run.train_step()
-            saved = run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps
-            if saved:
-                run.save(ckpt)
+            run.check_update()
+            if pending is not None:
+                saved, pending = write(pending), None
+            if run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps:
+                pending = run.snapshot()
             if progress is not None:
                 progress(run, record, (time.perf_counter() - start) / (run.step - first_step))
-            if stop["now"]:
-                if not saved:
-                    run.save(ckpt)
-                raise KeyboardInterrupt
+        if stop["now"] and pending is None and run.step > first_step:
+            pending = run.snapshot()
+        if pending is not None:
+            run.vet()
+            saved = write(pending)
+    except TrainingError as err:
+        err.checkpoint = saved
+        raise
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+    if stop["now"]:
+        raise Interrupted(saved)
     return run
-
-
-def progress_bar(run: Run, record: dict[str, float], seconds_per_step: float) -> None:
-    """One self-overwriting line on stderr: step, loss, learning rate, speed, ETA."""
-    total = run.cfg.steps
-    done = record["step"]
-    width = 24
-    filled = int(width * done / total)
-    eta = seconds_per_step * (total - done)
-    line = (
-        f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
-        f"loss {record['loss']:.3f} lr {record['lr']:.1e} "
-        f"{1.0 / seconds_per_step:.1f} steps/s ETA {int(eta // 60)}:{int(eta % 60):02d}"
-    )
-    sys.stderr.write(line)
-    if done == total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()

@@ -11,7 +11,9 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from minidetr.backend import Array, namespace
+import numpy as np
+
+from minidetr.backend import Array, namespace, to_numpy
 
 Params = dict[str, Array]
 
@@ -71,12 +73,34 @@ def adamw_step(
 
 
 def global_norm(grads: Params) -> float:
-    """sqrt(sum of squares of every gradient entry), one host sync."""
-    total = None
+    """||g|| = sqrt(sum of squares of every gradient entry), without overflow; two host syncs.
+
+    Each gradient is first divided by its largest magnitude a_k, so the sum of squares
+    s_k of its scaled entries is at most its size; the norm is then
+    A sqrt(sum_k (a_k / A)^2 s_k) with A = max_k a_k, in float64 on the host. Squaring
+    in float32 instead overflows to inf once entries pass 1.8e19, while every entry is
+    still finite. The result is non-finite exactly when some entry is.
+    """
+    peaks, sums = [], []
     for g in grads.values():
-        s = namespace(g).sum(g * g)
-        total = s if total is None else total + s
-    return math.sqrt(float(total)) if total is not None else 0.0
+        xp = namespace(g)
+        if g.size == 0:
+            continue
+        peak = xp.max(xp.abs(g))  # a_k, 0-d on the device
+        usable = xp.isfinite(peak) & (peak > 0)  # else divide by 1: no 0 / 0 nor inf / inf
+        safe = xp.where(usable, peak, xp.ones_like(peak))
+        peaks.append(xp.astype(peak, g.dtype))
+        sums.append(xp.sum((g / safe) * (g / safe)))  # s_k <= g.size
+    if not peaks:
+        return 0.0
+    xp = namespace(*peaks)
+    a = to_numpy(xp.stack([xp.astype(p, xp.float64) for p in peaks])).astype(np.float64)
+    s = to_numpy(xp.stack([xp.astype(q, xp.float64) for q in sums])).astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        top = float(np.max(a))  # the sum is taken relative to the largest entry, too
+        if not 0.0 < top < math.inf:
+            return 0.0 if top == 0.0 else float(top + np.sum(s))  # 0, or inf / nan as found
+        return top * float(np.sqrt(np.sum((a / top) ** 2 * s)))
 
 
 def clip_grad_norm(grads: Params, max_norm: float) -> tuple[Params, float]:
