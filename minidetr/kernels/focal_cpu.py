@@ -28,23 +28,22 @@ def focal_loss_gamma2_forward(logits, targets, e, log1p_e, alpha):
     """
     n = logits.shape[0]
     out = np.empty((4, n), dtype=logits.dtype)
-    loss, p_out, pm_out, ce_out = out[0], out[1], out[2], out[3]
     for i in range(n):
         x = np.float64(logits[i])
         t = np.float64(targets[i])
         ei = np.float64(e[i])
         big = 1.0 / (1.0 + ei)  # sigmoid(|x|)
         small = ei / (1.0 + ei)  # sigmoid(-|x|)
-        positive = x >= 0
-        p = big if positive else small
-        pm = small if positive else big
-        ce = (x if positive else 0.0) - x * t + np.float64(log1p_e[i])
+        s = 1.0 if x >= 0 else 0.0  # blends, not branches: the sign of x is random
+        p = s * big + (1.0 - s) * small  # exactly big or small
+        pm = s * small + (1.0 - s) * big
+        ce = s * x - x * t + np.float64(log1p_e[i])  # max(x, 0) - x t + log1p(e)
         q = p * (1.0 - t) + pm * t  # 1 - p_t
         a_t = alpha * t + (1.0 - alpha) * (1.0 - t) if alpha >= 0 else 1.0
-        loss[i] = a_t * (ce * (q * q))
-        p_out[i] = p
-        pm_out[i] = pm
-        ce_out[i] = ce
+        out[0, i] = a_t * (ce * (q * q))  # loss
+        out[1, i] = p
+        out[2, i] = pm
+        out[3, i] = ce
     return out
 
 
