@@ -9,9 +9,9 @@ space allocated once per batch: a Python loop of SciPy calls pays its call
 overhead per matrix.
 
 The compiled drivers below orient each problem for the solver in
-``jonker_volgenant`` (R <= K, rows read in memory order: a tall or maximised
-matrix is copied, transposed or negated, into scratch space), check its entries,
-solve it and write its pairs in SciPy's order.
+``jonker_volgenant`` (R <= K: a small tall matrix is read as its transposed view,
+a large tall or a maximised one is copied, transposed or negated, into scratch
+space), check its entries, solve it and write its pairs in SciPy's order.
 
 Dimensions: a problem is (N, M); the solver sees R = min(N, M) rows and
 K = max(N, M) columns; a batch holds P problems.
