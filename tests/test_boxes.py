@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from minidetr import boxes as B
 from minidetr.backend import to_numpy
+from minidetr.boxes import checks as BC
+from minidetr.boxes import giou as BG
 from minidetr.gradcheck import gradcheck
 from minidetr.kernels import giou_cpu
 
@@ -71,11 +73,11 @@ def exact_iou_giou(a, b) -> tuple[Fraction, Fraction, Fraction]:
 
 def plain_giou(b1: np.ndarray, b2: np.ndarray) -> np.ndarray:
     """The array-API reference, bypassing the Numba dispatch."""
-    return B._overlap(b1[:, None, :], b2[None, :, :]).giou
+    return BG._overlap(b1[:, None, :], b2[None, :, :]).giou
 
 
 def plain_giou_backward(dgiou, b1, b2) -> tuple[np.ndarray, np.ndarray]:
-    grads = B._overlap_backward(dgiou, b1[:, None, :], b2[None, :, :])
+    grads = BG._overlap_backward(dgiou, b1[:, None, :], b2[None, :, :])
     return (
         np.stack([g.sum(axis=1) for g in grads[:4]], axis=-1),
         np.stack([g.sum(axis=0) for g in grads[4:]], axis=-1),
@@ -287,7 +289,7 @@ def threads(parallel: bool):
 @given(grid_boxes(), grid_boxes(), st.booleans())
 def test_numba_kernels_match_the_array_reference(ints1, ints2, parallel):
     b1, b2 = as_array(ints1), as_array(ints2)
-    o = B._overlap(b1[:, None, :], b2[None, :, :])
+    o = BG._overlap(b1[:, None, :], b2[None, :, :])
     dg = np.random.default_rng(len(ints1)).standard_normal((len(b1), len(b2)))
     with threads(parallel):
         iou, union = giou_cpu.box_iou(b1, b2)
@@ -509,5 +511,5 @@ def test_giou_of_pixel_boxes_in_float16_is_finite_and_close_to_float64():
 def test_below_the_limit_nothing_changes():
     for dtype in (np.float16, np.float32, np.float64):
         limit = B.safe_coordinate_limit(np.zeros(1, dtype=dtype))
-        assert B._safe_scale(np.array([[0, 0, limit, limit]], dtype=dtype)) == 1.0
-        assert B._safe_scale(np.array([[0, 0, 2 * limit, 2 * limit]], dtype=dtype)) < 1.0
+        assert BC._safe_scale(np.array([[0, 0, limit, limit]], dtype=dtype)) == 1.0
+        assert BC._safe_scale(np.array([[0, 0, 2 * limit, 2 * limit]], dtype=dtype)) < 1.0

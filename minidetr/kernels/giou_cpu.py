@@ -1,8 +1,8 @@
 """Fused Numba loops for pairwise IoU and GIoU on NumPy arrays.
 
 Speeds up ``minidetr.boxes.box_iou``, ``generalized_box_iou_forward`` and
-``generalized_box_iou_backward`` (the array code ``boxes._overlap`` and
-``boxes._overlap_backward``) on the same arrays, with the same conventions: a ratio
+``generalized_box_iou_backward`` (the array code ``boxes.giou._overlap`` and
+``boxes.giou._overlap_backward``) on the same arrays, with the same conventions: a ratio
 with a zero denominator is 0, and a tied min/max splits its gradient evenly.
 The array code builds a dozen (N, M) temporaries; these loops visit each pair
 once and keep every intermediate in registers, writing only the (N, M) result.
