@@ -106,12 +106,15 @@ def torch_model(cfg):
     decoder = nn.ModuleList(layer(dec_attn, 3) for _ in range(cfg.num_decoder_layers))
     query = {"content": nn.Parameter(torch.zeros(q, d)), "pos": nn.Parameter(torch.zeros(q, d))}
     box_head = nn.ModuleList([nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, 4)])
+    decoder_modules = {"layers": decoder}
+    if cfg.final_norm:  # DETR's shared LayerNorm before the heads
+        decoder_modules["norm"] = nn.LayerNorm(d)
     return nn.ModuleDict(
         {
             "backbone": nn.ModuleDict({"stages": stages}),
             "input_proj": nn.ModuleList([proj]),
             "encoder": nn.ModuleDict({"layers": encoder}),
-            "decoder": nn.ModuleDict({"layers": decoder}),
+            "decoder": nn.ModuleDict(decoder_modules),
             "query": nn.ParameterDict(query),
             "class_head": nn.Linear(d, cfg.num_classes + 1),
             "box_head": nn.ModuleDict({"layers": box_head}),
@@ -174,8 +177,9 @@ def torch_forward(m, images):
         ca = layer["cross_attn"](tgt + qpos, memory_key, memory, need_weights=False)[0]
         tgt = layer["norm2"](tgt + ca)
         tgt = layer["norm3"](tgt + _ffn(layer, tgt))
-        hb = F.relu(box_layers[1](F.relu(box_layers[0](tgt))))
-        outputs.append((m["class_head"](tgt), box_layers[2](hb).sigmoid()))
+        h = m["decoder"]["norm"](tgt) if "norm" in m["decoder"] else tgt  # the heads' input
+        hb = F.relu(box_layers[1](F.relu(box_layers[0](h))))
+        outputs.append((m["class_head"](h), box_layers[2](hb).sigmoid()))
     return outputs
 
 

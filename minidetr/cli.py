@@ -80,10 +80,13 @@ def _checkpoint_words(checkpoint: Any) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from minidetr.data.coco_json import CocoFormatError
     from minidetr.train.checkpoint import CheckpointError
     from minidetr.train.loop import Interrupted, TrainConfig, TrainingError, train
     from minidetr.train.progress import ProgressBar
 
+    if args.task == "track":
+        return cmd_train_track(args)
     if args.resume and args.out is None:
         raise UserError("--resume needs --out DIR naming the run to continue")
     out = Path(args.out) if args.out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -96,6 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "lr": args.lr,
         "encoder_attention": args.encoder_attention,
         "checkpoint_every": args.checkpoint_every,
+        **_coco_paths(args),
     }
     try:
         cfg = replace(TrainConfig(), **{k: v for k, v in overrides.items() if v is not None})
@@ -119,6 +123,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         hint = f"; resume with --resume --out {out}" if err.checkpoint else ""
         sys.stderr.write(f"minidetr: interrupted; {where}{hint}\n")
         return 130
+    except CocoFormatError as err:  # the user's COCO file, named with the entry at fault
+        raise UserError(str(err)) from err
     except CheckpointError as err:
         raise UserError(f"--resume: {err}") from err
     except OSError as err:  # the output folder filled up or went away mid-run
@@ -147,6 +153,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         return 130
     return 0
+
+
+def _coco_paths(args: argparse.Namespace) -> dict[str, str | None]:
+    """--dataset PATH.json, --val-dataset, --images as absolute paths (checked, one line if bad)."""
+    from minidetr.data import DATASETS
+
+    if args.dataset is not None and args.dataset not in DATASETS:
+        if not args.dataset.endswith(".json"):
+            raise UserError(
+                f"--dataset must be one of {sorted(DATASETS)} or a COCO file PATH.json, "
+                f"got {args.dataset!r}"
+            )
+    if (args.val_dataset or args.images) and not (args.dataset or "").endswith(".json"):
+        raise UserError("--val-dataset and --images go with --dataset PATH.json")
+    paths = {"dataset": args.dataset, "val_dataset": args.val_dataset, "images": args.images}
+    out = dict(paths)
+    for k, v in paths.items():
+        if v is not None and (k != "dataset" or v.endswith(".json")):
+            out[k] = str(Path(v).resolve())
+    args.dataset = out["dataset"]  # so that --resume compares the same absolute path
+    return out
 
 
 def _train_config_of(path: Path, cfg: Any, args: argparse.Namespace) -> Any:
@@ -266,6 +293,63 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_track(args: argparse.Namespace) -> int:
+    """``train --task track``: the tracking preset (minidetr.video); --steps is the total."""
+    from dataclasses import asdict
+
+    from minidetr.train.loop import TrainingError
+    from minidetr.train.progress import ProgressBar
+    from minidetr.video.commands import train_tracker, write_tracks
+    from minidetr.video.track_train import TrackTrainConfig
+
+    if args.resume or args.dataset is not None or args.checkpoint_every is not None:
+        raise UserError("--task track trains on moving shapes from scratch; drop --dataset, "
+                        "--resume and --checkpoint-every")  # fmt: skip
+    cfg = TrackTrainConfig()
+    if args.steps is not None:  # keep the preset's split between detection and tracking
+        detect = round(args.steps * cfg.detect_steps / cfg.steps)
+        cfg = replace(cfg, detect_steps=detect, track_steps=args.steps - detect)
+    overrides = {"preset": args.preset, "batch_size": args.batch_size, "seed": args.seed}
+    cfg = replace(
+        cfg, lr=args.lr or cfg.lr, **{k: v for k, v in overrides.items() if v is not None}
+    )
+    out = Path(args.out) if args.out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    _prepare_out_dir(out, False, args.force)
+    print(f"minidetr: training a tracker ({cfg.detect_steps} + {cfg.track_steps} steps) into {out}")
+    bar = None if args.quiet else ProgressBar()
+    t0 = time.perf_counter()
+    try:
+        tr, seconds = train_tracker(cfg, out, device_like(args.device), bar)
+    except TrainingError as err:
+        raise UserError(f"tracking training stopped: {err}") from err
+    finally:
+        if bar is not None:
+            bar.close()
+    metrics = write_tracks(tr, out / "tracks", gifs=False)
+    metrics.update(training_seconds=round(seconds, 1), seconds=round(time.perf_counter() - t0, 1))
+    metrics.update(steps=tr.step, device=args.device, train_config=asdict(cfg))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print(f"minidetr: MOTA {metrics['MOTA']:.3f}  IDF1 {metrics['IDF1']:.3f}  ({seconds:.0f} s)")
+    return 0
+
+
+def cmd_track(args: argparse.Namespace) -> int:
+    """``track CHECKPOINT --out DIR``: MOT files, animations and metrics on held-out clips."""
+    from minidetr.video.commands import load_tracker, write_tracks
+
+    output_folder(Path(args.out))
+    try:
+        tr = load_tracker(input_file(args.checkpoint, "checkpoint"), device_like(args.device))
+    except (OSError, KeyError, ValueError) as err:
+        raise UserError(f"cannot use {args.checkpoint}: {err}") from err
+    metrics = write_tracks(tr, Path(args.out), clips=args.clips)
+    print(
+        f"minidetr: MOTA {metrics['MOTA']:.3f}  IDF1 {metrics['IDF1']:.3f}  ID switches "
+        f"{metrics['ID_switches']:.0f} on {metrics['clips']} clips; wrote {args.out}/"
+    )
+    return 0
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, with a mistake reported in one line (and a pointer to --help)."""
 
@@ -295,8 +379,11 @@ def add_train_parser(sub: Any) -> None:
     add_common_options(t)
     t.add_argument("--preset", choices=sorted(PRESETS), help=f"model preset (default {d.preset})")
     t.add_argument(
-        "--dataset", choices=sorted(DATASETS), help=f"built-in dataset (default {d.dataset})"
+        "--dataset",
+        help=f"built-in dataset {sorted(DATASETS)} (default {d.dataset}) or a COCO file PATH.json",
     )
+    t.add_argument("--val-dataset", help="COCO validation file (default: a held-out tenth)")
+    t.add_argument("--images", help="folder of the COCO files' images (default: the JSON's)")
     t.add_argument(
         "--encoder-attention",
         choices=ENCODER_ATTENTIONS,
@@ -321,7 +408,20 @@ def add_train_parser(sub: Any) -> None:
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--force", action="store_true", help="overwrite a run already in --out")
     t.add_argument("--quiet", action="store_true", help="no progress output")
+    t.add_argument(
+        "--task", choices=("detect", "track"), default="detect", help="detect (default) or track"
+    )
     t.set_defaults(func=cmd_train)
+
+
+def add_track_parser(sub: Any) -> None:
+    what = "track held-out moving-shapes clips with a --task track checkpoint"
+    k = sub.add_parser("track", help=what, description=what)
+    add_common_options(k)
+    k.add_argument("checkpoint")
+    k.add_argument("--out", required=True, help="folder for MOT files, animations, metrics")
+    k.add_argument("--clips", type=positive_int, help="how many held-out clips (default all)")
+    k.set_defaults(func=cmd_track)
 
 
 def add_eval_parser(sub: Any) -> None:
@@ -353,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     add_eval_parser(sub)
     add_predict_parser(sub)
+    add_track_parser(sub)
     return parser
 
 

@@ -30,7 +30,12 @@ def load_run(checkpoint: str, device: str) -> Any:
         cfg = TrainConfig(**ck.meta["train_config"])
     except (ValueError, TypeError, KeyError) as err:
         raise UserError(f"cannot use {checkpoint}: {err}") from err
-    run = Run(cfg, like)
+    from minidetr.data.coco_json import CocoFormatError
+
+    try:
+        run = Run(cfg, like)  # a COCO-format run reads its files again
+    except CocoFormatError as err:
+        raise UserError(f"cannot use {checkpoint}: {err}") from err
     try:
         run.model.check_params(ck.params)
     except ValueError as err:

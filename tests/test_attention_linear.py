@@ -120,3 +120,15 @@ def test_linear_attention_bad_input():
         linear_attention_forward(q, k, v[..., :3, :])
     with pytest.raises(TypeError, match="q must have a real floating dtype"):
         linear_attention_forward(q.astype(np.int64), k, v)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(1, 7))
+def test_causal_linear_attention_is_a_recurrent_network(seed, n):
+    """Token by token with state (S, z) += (phi(k) v^T, phi(k)): what recurrent decoding runs."""
+    q, k, v = _qkv(seed, n, n, lead=())
+    out, _ = linear_attention_forward(q, k, v, causal=True)
+    s, z = np.zeros((4, 3)), np.zeros(4)
+    for i in range(n):
+        s += np.outer(ELU(k[i]), v[i])
+        z += ELU(k[i])
+        np.testing.assert_allclose(out[i], ELU(q[i]) @ s / (ELU(q[i]) @ z), rtol=1e-10)

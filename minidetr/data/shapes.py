@@ -52,25 +52,29 @@ class ShapesDataset:
         boxes = place_boxes(rng, [(a, a) for a in sides], s, max_iou=0.25)
         labels = rng.integers(0, len(self.classes), size=len(boxes))
         for box, label in zip(boxes, labels):
-            colour = _contrasting_colour(rng, background)
+            colour = contrasting_colour(rng, background)
             image[:, self._mask(box, int(label))] = colour[:, None]
         image = np.clip(image, 0.0, 1.0).astype(np.float32)
         return Sample(image, xyxy_pixels_to_cxcywh(boxes, s), labels.astype(np.int64))
 
     def _mask(self, box: np.ndarray, label: int) -> np.ndarray:
-        x0, y0, x1, y1 = box
-        xx, yy = self._xx, self._yy
-        inside = (xx >= x0) & (xx <= x1) & (yy >= y0) & (yy <= y1)
-        if self.classes[label] == "square":
-            return inside
-        cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2
-        if self.classes[label] == "circle":
-            return (xx - cx) ** 2 + (yy - cy) ** 2 <= half**2
-        # triangle: apex at the top centre, base along the bottom edge
-        return inside & (np.abs(xx - cx) <= half * (yy - y0) / (y1 - y0))
+        return shape_mask(self._xx, self._yy, box, self.classes[label])
 
 
-def _contrasting_colour(rng: np.random.Generator, background: np.ndarray) -> np.ndarray:
+def shape_mask(xx: np.ndarray, yy: np.ndarray, box: np.ndarray, shape: str) -> np.ndarray:
+    """Pixels (centres ``xx``, ``yy``) covered by a circle, square or triangle filling ``box``."""
+    x0, y0, x1, y1 = box
+    inside = (xx >= x0) & (xx <= x1) & (yy >= y0) & (yy <= y1)
+    if shape == "square":
+        return inside
+    cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2
+    if shape == "circle":
+        return (xx - cx) ** 2 + (yy - cy) ** 2 <= half**2
+    # triangle: apex at the top centre, base along the bottom edge
+    return inside & (np.abs(xx - cx) <= half * (yy - y0) / (y1 - y0))
+
+
+def contrasting_colour(rng: np.random.Generator, background: np.ndarray) -> np.ndarray:
     for _ in range(20):
         colour = rng.uniform(0.0, 1.0, size=3)
         if np.abs(colour - background).sum() > 0.6:

@@ -21,6 +21,7 @@ import numpy as np
 from minidetr.backend import Array
 from minidetr.model.config import ModelConfig
 from minidetr.model.params import accumulate, add_norm, kaiming_normal
+from minidetr.model.resnet import ResNetCache, init_resnet, resnet_backward, resnet_forward
 from minidetr.ops import conv2d_backward, conv2d_forward
 from minidetr.ops.conv import Conv2dCache
 from minidetr.ops.normalization import (
@@ -31,7 +32,12 @@ from minidetr.ops.normalization import (
 
 
 def init_backbone(cfg: ModelConfig, rng: np.random.Generator) -> dict:
-    """Kaiming-normal convolutions (no bias: GroupNorm follows), GroupNorm at 1 and 0."""
+    """Kaiming-normal convolutions (no bias: GroupNorm follows), GroupNorm at 1 and 0.
+
+    With ``cfg.backbone == "resnet"`` a ResNet over frozen BatchNorm instead (``resnet.py``).
+    """
+    if cfg.backbone == "resnet":
+        return init_resnet(cfg, rng)
     out: dict = {}
     c_in = 3
     for i, c in enumerate(cfg.backbone_channels):
@@ -79,11 +85,13 @@ def _conv_unit_backward(dy: Array, cache: ConvUnitCache, grads: dict, name: str)
 
 def backbone_forward(
     params: dict, images: Array, cfg: ModelConfig
-) -> tuple[list[Array], BackboneCache]:
+) -> tuple[list[Array], BackboneCache | ResNetCache]:
     """Feature maps of the last L stages, finest first: each (B, C_i, H/2^(i+1), W/2^(i+1)).
 
     images (B, 3, H, W), H and W multiples of ``cfg.stride`` (checked by the model).
     """
+    if cfg.backbone == "resnet":
+        return resnet_forward(params, images, cfg)
     x = images
     stages, blocks, feats = [], [], []
     n = len(cfg.backbone_channels)
@@ -96,16 +104,19 @@ def backbone_forward(
             x, c = _conv_unit_forward(params, f"{name}.blocks.{j}", x, 1, cfg.num_groups, skip=x)
             stage_blocks.append(c)
         blocks.append(tuple(stage_blocks))
-        if i >= n - cfg.num_levels:
+        if i >= n - cfg.backbone_levels:
             feats.append(x)
-    return feats, BackboneCache(tuple(stages), tuple(blocks), cfg.num_levels)
+    return feats, BackboneCache(tuple(stages), tuple(blocks), cfg.backbone_levels)
 
 
-def backbone_backward(dfeats: list[Array], cache: BackboneCache, grads: dict) -> None:
+def backbone_backward(dfeats: list[Array], cache: BackboneCache | ResNetCache, grads: dict) -> None:
     """Accumulate the backbone's parameter gradients from the gradients of its L maps.
 
     The image gradient is not needed (images are data), so it is dropped.
     """
+    if isinstance(cache, ResNetCache):
+        resnet_backward(dfeats, cache, grads)
+        return
     n = len(cache.stages)
     dx = None
     for i in reversed(range(n)):

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 VARIANTS = ("standard", "deformable")
+BACKBONES = ("convnet", "resnet")
+RESNET_BLOCKS = ("basic", "bottleneck")
 ENCODER_ATTENTIONS = (
     "softmax", "linear", "performer", "topk", "window", "linformer", "hierarchical"
 )  # fmt: skip
@@ -51,10 +53,23 @@ class ModelConfig:
     two_stage: bool = False  # initial boxes from the encoder's best proposals (DINO mixed queries)
     proposal_size: float = 0.05  # two-stage proposal side at the finest level, doubling per level
     denoising: bool = False  # a label embedding for DN-DETR's noised ground-truth queries
-    # Switches that reproduce the published architectures where minidetr's defaults differ:
+    # Switches that reproduce the published architectures where minidetr's defaults differ
+    # (minidetr.interop converts DETR and Deformable DETR weights with them):
     learned_content: bool = True  # False: content queries start at zero (tgt = 0), as in DETR
     share_heads: bool = True  # False: each decoder layer its own class and box head (Deformable
     # DETR with box refinement); True: one pair for all layers (DETR, DINO)
+    backbone: str = "convnet"  # "convnet" (GroupNorm, from scratch) or "resnet" (frozen BatchNorm)
+    resnet_block: str = "basic"  # "basic" or "bottleneck" blocks (backbone="resnet")
+    resnet_stem: int = 64  # width of the ResNet stem (backbone="resnet")
+    input_proj_norm: bool = True  # GroupNorm after each input projection (DETR has none)
+    final_norm: bool = False  # DETR's shared LayerNorm on every decoder output the heads read
+    extra_levels: int = 0  # of the num_levels, how many are made by 3x3 stride-2 convs (Deformable)
+    sine_half_pixel: bool = False  # sine positions of pixel centres (i + 1/2), as Deformable DETR
+    learned_reference: bool = False  # Deformable DETR's queries: learned positions, fixed over the
+    # layers, and 2-D reference points sigmoid(Linear(position)) (needs anchor_queries=False)
+    proposal_queries: bool = False  # Deformable DETR's two-stage: each query's position and
+    # content from its proposal's sine embedding (Linear + LayerNorm), proposals ranked by the
+    # first class and those outside (0.01, 0.99) masked (needs two_stage, anchor_queries=False)
     # the standard encoder's self-attention core (minidetr.attention.multihead), one feature map
     encoder_attention: str = "softmax"
 
@@ -63,8 +78,14 @@ class ModelConfig:
             object.__setattr__(self, name, tuple(int(n) for n in getattr(self, name)))
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.resnet_block not in RESNET_BLOCKS:
+            raise ValueError(
+                f"resnet_block must be one of {RESNET_BLOCKS}, got {self.resnet_block!r}"
+            )
         positive = ("num_classes", "d_model", "num_heads", "ffn_dim", "num_queries")
-        positive += ("num_levels", "num_points", "num_groups", "image_size")
+        positive += ("num_levels", "num_points", "num_groups", "image_size", "resnet_stem")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -74,12 +95,12 @@ class ModelConfig:
             raise ValueError(f"num_decoder_layers must be >= 1, got {self.num_decoder_layers}")
         if not self.backbone_channels:
             raise ValueError("backbone_channels must name at least one stage")
-        if (
-            len(self.backbone_blocks) != len(self.backbone_channels)
-            or min(self.backbone_blocks) < 0
-        ):
+        if len(self.backbone_blocks) != len(self.backbone_channels) or min(
+            self.backbone_blocks
+        ) < int(self.backbone == "resnet"):
             raise ValueError(
-                f"backbone_blocks must give a count >= 0 for each of the "
+                f"backbone_blocks must give a count >= {int(self.backbone == 'resnet')} for each "
+                f"of the "
                 f"{len(self.backbone_channels)} stages, got {self.backbone_blocks}"
             )
         if self.d_model % self.num_heads:
@@ -88,12 +109,20 @@ class ModelConfig:
             raise ValueError(
                 f"d_model must be a multiple of 4 (sine encodings), got {self.d_model}"
             )
-        for c in (*self.backbone_channels, self.d_model):
+        grouped = self.backbone_channels if self.backbone == "convnet" else ()
+        if self.backbone == "resnet" and self.resnet_block == "bottleneck":
+            for c in self.backbone_channels:
+                if c % 4:
+                    raise ValueError(f"bottleneck widths must be multiples of 4, not {c}")
+        for c in (*grouped, *((self.d_model,) if self.input_proj_norm else ())):
             if c % self.num_groups:
                 raise ValueError(f"num_groups {self.num_groups} must divide every width, not {c}")
-        if self.num_levels > len(self.backbone_channels):
+        if not 0 <= self.extra_levels < self.num_levels:
+            raise ValueError(f"extra_levels must be in [0, num_levels), got {self.extra_levels}")
+        if self.backbone_levels > len(self.backbone_channels):
             raise ValueError(
-                f"num_levels {self.num_levels} exceeds the {len(self.backbone_channels)} stages"
+                f"num_levels {self.num_levels} less extra_levels {self.extra_levels} exceeds the "
+                f"{len(self.backbone_channels)} stages"
             )
         if not 0.0 < self.proposal_size * 2 ** (self.num_levels - 1) < 1.0:
             raise ValueError(
@@ -102,11 +131,30 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        needs_anchor = [n for n in ("box_refine", "two_stage", "denoising") if getattr(self, n)]
-        if self.variant == "deformable":
-            needs_anchor.append("variant='deformable'")
+        needs_anchor = [n for n in ("two_stage", "denoising") if getattr(self, n)]
+        if self.proposal_queries:
+            if not self.two_stage or self.anchor_queries or self.denoising:
+                raise ValueError(
+                    "proposal_queries is Deformable DETR's two-stage: it needs two_stage=True "
+                    "and excludes anchor_queries and denoising"
+                )
+            if self.learned_content or self.learned_reference:
+                raise ValueError("proposal_queries makes the content and the reference points")
+            needs_anchor = []
+        elif self.learned_reference:
+            if self.anchor_queries or needs_anchor:
+                raise ValueError(
+                    "learned_reference is Deformable DETR's plain queries: it excludes "
+                    "anchor_queries, two_stage and denoising"
+                )
+        else:
+            needs_anchor += [n for n in ("box_refine",) if getattr(self, n)]
+            if self.variant == "deformable":
+                needs_anchor.append("variant='deformable'")
         if needs_anchor and not self.anchor_queries:
-            raise ValueError(f"{', '.join(needs_anchor)} needs anchor_queries=True")
+            raise ValueError(
+                f"{', '.join(needs_anchor)} needs anchor_queries=True (or learned_reference=True)"
+            )
         if self.image_size % self.stride:
             raise ValueError(f"image_size must be a multiple of the stride {self.stride}")
         if self.encoder_attention not in ENCODER_ATTENTIONS:
@@ -124,14 +172,20 @@ class ModelConfig:
 
     @property
     def stride(self) -> int:
-        """How much the backbone shrinks the image: 2 per stage."""
-        return 2 ** len(self.backbone_channels)
+        """How much the backbone shrinks the image: 2 per stage (and 4 for a ResNet's stem)."""
+        return 2 ** (len(self.backbone_channels) + (self.backbone == "resnet"))
+
+    @property
+    def backbone_levels(self) -> int:
+        """How many of the levels are backbone maps (the last stages); the rest are extra."""
+        return self.num_levels - self.extra_levels
 
     @property
     def level_strides(self) -> tuple[int, ...]:
         """Strides of the L feature maps that feed the transformer, finest first."""
-        n = len(self.backbone_channels)
-        return tuple(2 ** (i + 1) for i in range(n - self.num_levels, n))
+        n, extra = len(self.backbone_channels), int(self.backbone == "resnet")
+        maps = tuple(2 ** (i + 1 + extra) for i in range(n - self.backbone_levels, n))
+        return maps + tuple(maps[-1] * 2 ** (k + 1) for k in range(self.extra_levels))
 
     @property
     def num_logits(self) -> int:
@@ -188,6 +242,7 @@ PRESETS: dict[str, ModelConfig] = {
         num_encoder_layers=2,
         num_decoder_layers=2,
         num_queries=16,
+        final_norm=True,
     ),
     "deformable": ModelConfig(
         variant="deformable",

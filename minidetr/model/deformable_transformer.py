@@ -110,7 +110,8 @@ def deformable_cross_attention_forward(
     xp = namespace(tgt)
     b, q, _ = tgt.shape
     lv = len(memory.layout.spatial_shapes)
-    ref = xp.broadcast_to(ref_boxes[:, :, None, :], (b, q, lv, 4))  # (B, Q, L, 4)
+    k = ref_boxes.shape[-1]  # 4: boxes; 2: Deformable DETR's first reference points (x, y)
+    ref = xp.broadcast_to(ref_boxes[:, :, None, :], (b, q, lv, k))  # (B, Q, L, 4 or 2)
     return _attend(params, name, tgt + query_pos, ref, memory.tokens, cfg, memory.layout)
 
 

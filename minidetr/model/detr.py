@@ -44,8 +44,15 @@ from minidetr.model.encoder import encoder_backward, encoder_forward, init_encod
 from minidetr.model.heads import init_decoder_heads
 from minidetr.model.inputs import check_denoising, check_images
 from minidetr.model.memory import Memory
-from minidetr.model.params import accumulate, check_params
-from minidetr.model.queries import init_queries
+from minidetr.model.params import accumulate, add_norm, check_params
+from minidetr.model.queries import (
+    ProposalQueryCache,
+    init_queries,
+    proposal_queries_backward,
+    proposal_queries_forward,
+    reference_points_backward,
+    reference_points_forward,
+)
 from minidetr.model.sublayers import RunContext
 from minidetr.model.tokens import (
     TokensCache,
@@ -62,6 +69,7 @@ from minidetr.model.two_stage import (
 )
 from minidetr.ops import embedding_backward, embedding_forward, inverse_sigmoid
 from minidetr.ops.embedding import EmbeddingCache
+from minidetr.ops.linear import LinearCache
 from minidetr.outputs import DN, ENC, MAIN, Predictions, QueryGroup, SetOutputs
 from minidetr.setloss.denoising import DenoisingQueries
 
@@ -82,6 +90,8 @@ class MiniDETRCache(NamedTuple):
     label_embed: EmbeddingCache | None
     decoder: DecoderCache
     num_dn: int  # Qdn, denoising queries in front of the Q matching ones
+    ref_point: LinearCache | None = None  # learned_reference: the Linear of the 2-D points
+    proposal_query: ProposalQueryCache | None = None  # proposal_queries
 
     @property
     def detached(self) -> dict:
@@ -118,6 +128,8 @@ class MiniDETR:
         out.update(init_encoder(cfg, rng, self.kind))
         out.update(init_decoder_layers(cfg, rng, self.kind))
         out.update(init_queries(cfg, rng))
+        if cfg.final_norm:  # DETR's shared LayerNorm before the heads, at 1 and 0
+            add_norm(out, "decoder.norm", cfg.d_model)
         out.update(init_decoder_heads(cfg, rng))
         if cfg.two_stage:
             out.update(init_two_stage(cfg, rng))
@@ -186,7 +198,7 @@ class MiniDETR:
             tgt = xp.broadcast_to(params["query.content"][None, ...], (b, q, d))  # (B, Q, D)
         else:  # DETR: the decoder starts from zero, the positions say which query is which
             tgt = xp.zeros((b, q, d), dtype=images.dtype, device=images.device)
-        ref_unsig = query_pos = ts = None
+        ref_unsig = query_pos = ts = ref_lin = pq = None
         if cfg.two_stage:
             if memory.shape[1] < q:
                 raise ValueError(
@@ -200,10 +212,15 @@ class MiniDETR:
                 None if detached is None else detached["two_stage"],
             )  # ref_unsig (B, Q, 4), a constant
             groups[ENC] = QueryGroup((Predictions(enc_logits, enc_boxes),))
+            if cfg.proposal_queries:  # Deformable DETR: position and content from the proposal
+                query_pos, tgt, pq = proposal_queries_forward(params, ref_unsig, d)
         elif cfg.anchor_queries:
             ref_unsig = xp.broadcast_to(params["query.anchors"][None, ...], (b, q, 4))
         else:
             query_pos = params["query.pos"][None, ...]  # (1, Q, D)
+            if cfg.learned_reference:  # Deformable DETR: points (x, y) = sigmoid(Linear(pos))
+                z, ref_lin = reference_points_forward(params, query_pos)  # (1, Q, 2)
+                ref_unsig = xp.broadcast_to(z, (b, q, 2))
 
         mask, emb, qdn = None, None, 0
         if denoising is not None:
@@ -229,7 +246,7 @@ class MiniDETR:
         if denoising is not None:
             dn = tuple(Predictions(lg[:, :qdn, :], bx[:, :qdn, :]) for lg, bx in layers)
             groups[DN] = QueryGroup(dn, denoising)
-        cache = MiniDETRCache(bb, tk, enc, ts, emb, dec, qdn)
+        cache = MiniDETRCache(bb, tk, enc, ts, emb, dec, qdn, ref_lin, pq)
         return SetOutputs(groups), cache
 
     # ------------------------------------------------------------------ backward
@@ -262,10 +279,16 @@ class MiniDETR:
             denc = Predictions(None, None) if enc is None else enc.layers[-1]
             dmem = two_stage_backward(denc.logits, denc.boxes, cache.two_stage, grads)
             dmemory = dmemory if dmem is None else dmemory + dmem
+            if cache.proposal_query is not None:  # position and content made from the proposal
+                proposal_queries_backward(dqpos, dtgt[:, qdn:, :], cache.proposal_query, grads)
         elif cfg.anchor_queries:
             accumulate(grads, "query.anchors", xp.sum(dref[:, qdn:, :], axis=0))
         else:
-            accumulate(grads, "query.pos", dqpos[0, ...])
+            dpos = dqpos[0, ...]
+            if cache.ref_point is not None:  # the reference points' Linear, and its input
+                dz = xp.sum(dref, axis=0, keepdims=True)  # (1, Q, 2)
+                dpos = dpos + reference_points_backward(dz, cache.ref_point, grads)[0]
+            accumulate(grads, "query.pos", dpos)
         dsrc, dpos = encoder_backward(dmemory, cache.encoder, self.kind, grads)
         if dmemory_pos is not None:
             dpos = dmemory_pos if dpos is None else dpos + dmemory_pos

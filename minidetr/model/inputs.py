@@ -29,7 +29,7 @@ def check_images(images: Any, params: dict, cfg: ModelConfig) -> None:
             f"images height and width must be positive multiples of the backbone stride {s}, "
             f"got {h}x{w}; pad or resize them"
         )
-    dtype = params["backbone.stages.0.conv.weight"].dtype
+    dtype = params["input_proj.0.weight"].dtype  # present in every config
     if images.dtype != dtype:
         raise TypeError(f"images must have the parameters' dtype {dtype}, got {images.dtype}")
     namespace(images, *params.values())  # TypeError when array libraries mix

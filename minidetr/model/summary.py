@@ -13,7 +13,8 @@ from minidetr.model.detr import MiniDETR
 def _block(name: str) -> str:
     parts = name.split(".")
     if parts[0] in ("backbone", "encoder", "decoder") and len(parts) > 2:
-        return ".".join(parts[:3])  # backbone.stages.0, encoder.layers.1, ...
+        # backbone.stages.0, encoder.layers.1, ...; backbone.stem, decoder.norm
+        return ".".join(parts[:3] if parts[1] in ("stages", "layers") else parts[:2])
     if parts[0] in ("class_head", "box_head"):
         return "heads (class_head, box_head)"
     if parts[0].startswith("enc_"):

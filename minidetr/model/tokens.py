@@ -8,6 +8,11 @@ when there are several, so that attention can tell a stride-8 pixel from a
 stride-32 one. Images in a batch share one size: there is no padding mask (pad
 or resize in the data pipeline).
 
+Switches for the published models: DETR's projection has no GroupNorm
+(``input_proj_norm=False``); Deformable DETR adds ``extra_levels`` coarser maps,
+each a 3x3 stride-2 convolution (+ GroupNorm) of the last backbone map or of the
+extra level before it, and encodes pixel centres (``sine_half_pixel``).
+
 Shapes: B batch, L levels, C_l channels of map l, H_l x W_l its size, S tokens, D width.
 """
 
@@ -36,10 +41,14 @@ def init_tokens(cfg: ModelConfig, rng: np.random.Generator) -> dict:
     """``input_proj.l``: 1x1 conv (Xavier, zero bias) + GroupNorm; ``level_embed`` (L, D)."""
     out: dict = {}
     d = cfg.d_model
-    for lvl, c in enumerate(cfg.backbone_channels[-cfg.num_levels :]):
-        out[f"input_proj.{lvl}.weight"] = xavier_uniform(rng, (d, c, 1, 1))
+    widths = list(cfg.backbone_channels[-cfg.backbone_levels :])
+    widths += [cfg.backbone_channels[-1]] + [d] * (cfg.extra_levels - 1) if cfg.extra_levels else []
+    for lvl, c in enumerate(widths):
+        k = 1 if lvl < cfg.backbone_levels else 3  # extra levels: 3x3 stride 2
+        out[f"input_proj.{lvl}.weight"] = xavier_uniform(rng, (d, c, k, k))
         out[f"input_proj.{lvl}.bias"] = np.zeros(d)
-        add_norm(out, f"input_proj.{lvl}.norm", d)
+        if cfg.input_proj_norm:
+            add_norm(out, f"input_proj.{lvl}.norm", d)
     if cfg.num_levels > 1:
         out["level_embed"] = rng.standard_normal((cfg.num_levels, d))
     return out
@@ -47,9 +56,10 @@ def init_tokens(cfg: ModelConfig, rng: np.random.Generator) -> dict:
 
 class TokensCache(NamedTuple):
     convs: tuple[Conv2dCache, ...]
-    norms: tuple[NormCache, ...]
+    norms: tuple[NormCache | None, ...]  # None without the GroupNorm (DETR)
     layout: TokenLayout
     has_level_embed: bool
+    num_maps: int  # backbone maps; the levels after them are extra (strided convs)
 
 
 def tokens_forward(
@@ -58,15 +68,24 @@ def tokens_forward(
     """(src (B, S, D), pos (1, S, D), layout, cache) from the L maps feats[l] (B, C_l, H_l, W_l)."""
     xp = namespace(feats[0])
     srcs, poss, convs, norms, shapes = [], [], [], [], []
-    for lvl, feat in enumerate(feats):
+    y = None
+    for lvl in range(cfg.num_levels):
         name = f"input_proj.{lvl}"
-        y, conv = conv2d_forward(feat, params[f"{name}.weight"], params[f"{name}.bias"])
-        y, norm = groupnorm_forward(
-            y, params[f"{name}.norm.weight"], params[f"{name}.norm.bias"], cfg.num_groups
-        )  # (B, D, H_l, W_l)
+        if lvl < len(feats):  # a backbone map, 1x1 conv
+            feat = feats[lvl]
+            y, conv = conv2d_forward(feat, params[f"{name}.weight"], params[f"{name}.bias"])
+        else:  # Deformable DETR's extra level: 3x3 stride-2 conv of the last map or extra level
+            feat = feats[-1] if lvl == len(feats) else y
+            w_ = params[f"{name}.weight"]
+            y, conv = conv2d_forward(feat, w_, params[f"{name}.bias"], stride=2, padding=1)
+        norm = None
+        if cfg.input_proj_norm:
+            y, norm = groupnorm_forward(
+                y, params[f"{name}.norm.weight"], params[f"{name}.norm.bias"], cfg.num_groups
+            )  # (B, D, H_l, W_l)
         b, d, h, w = y.shape
         srcs.append(xp.permute_dims(xp.reshape(y, (b, d, h * w)), (0, 2, 1)))  # (B, H_l W_l, D)
-        poss.append(_level_position(params, lvl, h, w, d, feat))  # (1, H_l W_l, D)
+        poss.append(_level_position(params, lvl, h, w, d, feat, cfg.sine_half_pixel))
         convs.append(conv)
         norms.append(norm)
         shapes.append((h, w))
@@ -80,15 +99,21 @@ def tokens_forward(
         src,
         pos,
         layout,
-        TokensCache(tuple(convs), tuple(norms), layout, "level_embed" in params),
+        TokensCache(tuple(convs), tuple(norms), layout, "level_embed" in params, len(feats)),
     )
 
 
-def _level_position(params: dict, lvl: int, h: int, w: int, d: int, like: Array) -> Array:
-    """Sine encoding of an h x w map (+ the level's embedding), as (1, h w, D) tokens."""
+def _level_position(
+    params: dict, lvl: int, h: int, w: int, d: int, like: Array, half_pixel: bool = False
+) -> Array:
+    """Sine encoding of an h x w map (+ the level's embedding), as (1, h w, D) tokens.
+
+    ``half_pixel``: pixel centres (i + 1/2) rather than i + 1, as Deformable DETR.
+    """
     xp = namespace(like)
     mask = xp.zeros((1, h, w), dtype=xp.bool, device=like.device)
-    pos = xp.astype(sine_position_encoding(mask, d), like.dtype)  # (1, D, h, w)
+    offset = 0.5 if half_pixel else 0.0
+    pos = xp.astype(sine_position_encoding(mask, d, offset=offset), like.dtype)  # (1, D, h, w)
     pos = xp.permute_dims(xp.reshape(pos, (1, d, h * w)), (0, 2, 1))  # (1, h w, D)
     if "level_embed" in params:
         pos = pos + params["level_embed"][lvl, :]
@@ -101,21 +126,33 @@ def tokens_backward(
     """Gradients of the L maps from dsrc (B, S, D); dpos (1, S, D) or None feeds ``level_embed``."""
     xp = namespace(dsrc)
     layout = cache.layout
-    dfeats, level_rows = [], []
-    for lvl, ((h, w), start) in enumerate(zip(layout.spatial_shapes, layout.level_start)):
+    levels = list(zip(layout.spatial_shapes, layout.level_start))
+    dfeats: list = [None] * cache.num_maps
+    level_rows: list = [None] * len(levels)
+    dnext = None  # gradient of an extra level's input, when that input is the level before it
+    for lvl in reversed(range(len(levels))):
+        (h, w), start = levels[lvl]
         name = f"input_proj.{lvl}"
         ds = dsrc[:, start : start + h * w, :]  # (B, H_l W_l, D)
         b, _, d = ds.shape
         dy = xp.reshape(xp.permute_dims(ds, (0, 2, 1)), (b, d, h, w))  # (B, D, H_l, W_l)
-        dy, dgamma, dbeta = groupnorm_backward(dy, cache.norms[lvl])
-        accumulate(grads, f"{name}.norm.weight", dgamma)
-        accumulate(grads, f"{name}.norm.bias", dbeta)
+        if dnext is not None:
+            dy, dnext = dy + dnext, None
+        if cache.norms[lvl] is not None:
+            dy, dgamma, dbeta = groupnorm_backward(dy, cache.norms[lvl])
+            accumulate(grads, f"{name}.norm.weight", dgamma)
+            accumulate(grads, f"{name}.norm.bias", dbeta)
         dfeat, dw, db = conv2d_backward(dy, cache.convs[lvl])
         accumulate(grads, f"{name}.weight", dw)
         accumulate(grads, f"{name}.bias", db)
-        dfeats.append(dfeat)
+        if lvl > cache.num_maps:  # read the extra level before it
+            dnext = dfeat
+        elif lvl == cache.num_maps:  # the first extra level read the last backbone map
+            dfeats[-1] = dfeat
+        else:
+            dfeats[lvl] = dfeat if dfeats[lvl] is None else dfeats[lvl] + dfeat
         if dpos is not None:
-            level_rows.append(xp.sum(dpos[0, start : start + h * w, :], axis=0))  # (D,)
+            level_rows[lvl] = xp.sum(dpos[0, start : start + h * w, :], axis=0)  # (D,)
     if cache.has_level_embed and dpos is not None:
         accumulate(grads, "level_embed", xp.stack(level_rows))  # (L, D)
     return dfeats

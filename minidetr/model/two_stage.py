@@ -19,6 +19,7 @@ Shapes: B batch, S tokens, Q selected (one per query), D width, K logits.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -49,6 +50,7 @@ class TwoStageCache(NamedTuple):
     heads: HeadsCache
     select: Array  # (B, Q, S) one-hot rows: row q marks the token that query q takes
     anchors: Array  # (B, Q, 4) the selected u, handed to the decoder detached
+    valid: Array | None = None  # (S,) proposal_queries: the tokens whose proposal is kept
 
 
 def two_stage_forward(
@@ -66,10 +68,18 @@ def two_stage_forward(
     gradient checks: the top-Q choice is a step function).
     """
     xp = namespace(memory)
+    valid = None
+    if cfg.proposal_queries:  # Deformable DETR masks proposals outside (0.01, 0.99)
+        lo, hi = math.log(0.01 / 0.99), math.log(0.99 / 0.01)
+        valid = xp.all((proposals > lo) & (proposals < hi), axis=-1)  # (S,)
+        proposals = xp.where(valid[:, None], proposals, xp.asarray(math.inf, dtype=memory.dtype))
+        memory = xp.where(valid[None, :, None], memory, xp.zeros_like(memory))
     e, proj = linear_forward(memory, params["enc_output.weight"], params["enc_output.bias"])
     e, norm = layernorm_forward(e, params["enc_output.norm.weight"], params["enc_output.norm.bias"])
     logits, boxes, u, heads = heads_forward(params, e, proposals[None, ...], prefix=PREFIX)
-    if cfg.focal:
+    if cfg.proposal_queries:
+        score = logits[..., 0]  # (B, S) Deformable DETR ranks by the first class's logit
+    elif cfg.focal:
         score = xp.max(logits, axis=-1)  # (B, S) best class logit
     else:
         shifted = logits - xp.max(logits, axis=-1, keepdims=True)
@@ -84,7 +94,8 @@ def two_stage_forward(
         select, sel_u = fixed
     sel_logits = xp.matmul(select, logits)  # (B, Q, K)
     sel_boxes = xp.matmul(select, boxes)  # (B, Q, 4)
-    return sel_logits, sel_boxes, sel_u, TwoStageCache(proj, norm, heads, select, sel_u)
+    cache = TwoStageCache(proj, norm, heads, select, sel_u, valid)
+    return sel_logits, sel_boxes, sel_u, cache
 
 
 def two_stage_backward(
@@ -103,4 +114,7 @@ def two_stage_backward(
     dmemory, dw, db_ = linear_backward(de, cache.proj)
     accumulate(grads, "enc_output.weight", dw)
     accumulate(grads, "enc_output.bias", db_)
+    if cache.valid is not None:
+        xp = namespace(dmemory)
+        dmemory = xp.where(cache.valid[None, :, None], dmemory, xp.zeros_like(dmemory))
     return dmemory

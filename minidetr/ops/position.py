@@ -21,12 +21,17 @@ from minidetr.checks import check_dim, check_ndim
 
 
 def sine_position_encoding(
-    mask: Array, dim: int, temperature: float = 10000.0, normalize: bool = True
+    mask: Array,
+    dim: int,
+    temperature: float = 10000.0,
+    normalize: bool = True,
+    offset: float = 0.0,
 ) -> Array:
     """pos[b, :, i, j] = [sin/cos(y_ij / T^(2k/F)) ..., sin/cos(x_ij / T^(2k/F)) ...], F = dim/2.
 
     mask (B, H, W) boolean, True = padded pixel (DETR's convention); y and x count
-    the unpadded pixels up to (i, j), scaled to (0, 2 pi] when ``normalize``.
+    the unpadded pixels up to (i, j), scaled to (0, 2 pi] when ``normalize``;
+    ``offset`` 0.5 counts to the pixel's centre instead (Deformable DETR).
     Returns (B, dim, H, W) in the floating dtype float64 on mask's device.
     """
     check_ndim(mask, 3, "mask", "(B, H, W)")
@@ -39,8 +44,8 @@ def sine_position_encoding(
     x_embed = xp.cumulative_sum(not_mask, axis=2)
     if normalize:
         eps, scale = 1e-6, 2 * math.pi
-        y_embed = y_embed / (y_embed[:, -1:, :] + eps) * scale
-        x_embed = x_embed / (x_embed[:, :, -1:] + eps) * scale
+        y_embed = (y_embed - offset) / (y_embed[:, -1:, :] + eps) * scale
+        x_embed = (x_embed - offset) / (x_embed[:, :, -1:] + eps) * scale
     k = xp.arange(f, dtype=xp.float64, device=mask.device)
     dim_t = temperature ** (2 * xp.floor(k / 2) / f)  # (F,)
     pos_x = x_embed[..., None] / dim_t  # (B, H, W, F)

@@ -20,8 +20,10 @@ import numpy as np
 
 from minidetr.backend import Array, Rng
 from minidetr.data import DATASETS, Dataset, collate, to_coco
+from minidetr.data.coco_json import open_coco_datasets, read_coco_file
 from minidetr.evaluate import coco_detections, coco_evaluate, postprocess
 from minidetr.model import PRESETS, MiniDETR, ModelConfig
+from minidetr.model.resnet import is_frozen
 from minidetr.setloss import LossWeights, SetCriterion, check_targets
 from minidetr.setloss.denoising import make_denoising_queries
 from minidetr.setloss.matching import HungarianMatcher
@@ -68,7 +70,9 @@ class TrainConfig:
 
     preset: str = "deformable"
     encoder_attention: str = "softmax"  # the standard preset's encoder core (ModelConfig)
-    dataset: str = "shapes"
+    dataset: str = "shapes"  # a built-in set's name, or a COCO-format file PATH.json
+    val_dataset: str | None = None  # COCO-format validation file (default: a held-out tenth)
+    images: str | None = None  # folder of the COCO files' images (default: each JSON's folder)
     steps: int = 1500
     batch_size: int = 16
     lr: float = 1e-3  # measured: 1e-3 reached AP50 0.93 at step 1000 where 4e-4 reached 0.84
@@ -112,7 +116,22 @@ def dataset_class(name: str) -> type:
     return DATASETS[name]
 
 
+def is_coco_file(name: str) -> bool:
+    return name.endswith(".json")
+
+
+def num_classes(cfg: TrainConfig) -> int:
+    """How many classes the run's data has (a COCO file's categories, or a built-in set's)."""
+    if is_coco_file(cfg.dataset):
+        return len(read_coco_file(cfg.dataset)["categories"])
+    return len(dataset_class(cfg.dataset).classes)
+
+
 def make_datasets(cfg: TrainConfig, image_size: int) -> tuple[Dataset, Dataset]:
+    if is_coco_file(cfg.dataset):
+        return open_coco_datasets(
+            cfg.dataset, image_size, val_path=cfg.val_dataset, images_dir=cfg.images, seed=cfg.seed
+        )
     cls = dataset_class(cfg.dataset)
     train = cls("train", num_images=cfg.train_images, image_size=image_size, seed=cfg.seed)
     val = cls("val", num_images=cfg.val_images, image_size=image_size, seed=cfg.seed)
@@ -162,8 +181,7 @@ class Run:
     def __init__(self, cfg: TrainConfig, like: Array) -> None:
         self.cfg = cfg
         self.like = like
-        num_classes = len(dataset_class(cfg.dataset).classes)
-        self.model = make_model(cfg.preset, num_classes, cfg.encoder_attention)
+        self.model = make_model(cfg.preset, num_classes(cfg), cfg.encoder_attention)
         self.train_set, self.val_set = make_datasets(cfg, self.model.config.image_size)
         self.criterion = make_criterion(cfg, self.model.config)
         self.params = self.model.init_params(seed=cfg.seed, like=like)
@@ -218,6 +236,7 @@ class Run:
         check_gradients(self.step, grads, norm, self.history, cfg.lr)
         lr = learning_rate(self.step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.final_lr_ratio)
         rates = {k: lr * (cfg.backbone_lr_ratio if _is_backbone(k) else 1.0) for k in self.params}
+        rates.update({k: 0.0 for k in self.params if is_frozen(k)})  # frozen BatchNorm constants
         self.params, self.opt_state = adamw_step(
             self.params, grads, self.opt_state, self.opt_cfg, rates
         )

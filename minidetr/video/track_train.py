@@ -1,0 +1,237 @@
+"""Training a tracker by query: detection on frames first, then track queries on frame pairs.
+
+Stage 1 is the still-image training step (:class:`minidetr.train.loop.Run`, with denoising)
+on moving-shapes frames: the detector. Stage 2 trains tracking by query on pairs of
+consecutive frames (TrackFormer's recipe), one step:
+
+1. frame t goes through the model (no gradient); the Hungarian matcher pairs its predictions
+   with frame t's objects, and each matched object becomes a track query for frame t + 1 with
+   its predicted box (so training sees the boxes inference will see);
+2. augmentation: each track query is dropped with probability ``drop_track`` (its object must
+   then be found again by an object query: a track's birth), and with probability
+   ``stale_track`` a query is added for an object that is not in frame t + 1 (it must say
+   "no object": a track's death);
+3. frame t + 1 goes through the model with the track queries; track queries are scored against
+   their own objects (:class:`~minidetr.video.track_queries.IdentityMatcher`), and the object
+   queries against the objects no track query holds, by Hungarian matching;
+4. optionally the velocity consistency loss ties each track's move t -> t + 1 to the truth's.
+
+Every random choice of step s comes from a generator seeded with (seed, s), as in still
+training. Shapes: B pairs, Qt track queries, Q object queries.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from minidetr.backend import Array, Rng, asarray, namespace, to_numpy
+from minidetr.outputs import MAIN, Predictions, QueryGroup, SetOutputs
+from minidetr.setloss import SetCriterion
+from minidetr.train.divergence import (
+    TrainingError,
+    check_gradients,
+    check_loss,
+    learning_rate_cause,
+)
+from minidetr.train.loop import Run, TrainConfig, _is_backbone
+from minidetr.train.optim import adamw_step, clip_grad_norm, learning_rate
+from minidetr.video.association import assign_track_queries
+from minidetr.video.consistency import velocity_consistency_backward, velocity_consistency_forward
+from minidetr.video.frames import MovingShapesFrames
+from minidetr.video.track_queries import (
+    IdentityMatcher,
+    decoder_queries,
+    make_track_queries,
+    merge_grads,
+    split_outputs,
+)
+
+
+@dataclass(frozen=True)
+class TrackTrainConfig:
+    """The tracking preset: what ``minidetr train --task track`` runs by default."""
+
+    preset: str = "deformable"
+    detect_steps: int = 1000  # stage 1: detection on single frames
+    track_steps: int = 400  # stage 2: track queries on frame pairs (0: the baseline detector)
+    batch_size: int = 16
+    lr: float = 1e-3
+    train_clips: int = 2048
+    val_clips: int = 32
+    frames: int = 8
+    seed: int = 0
+    drop_track: float = 0.1  # false-negative augmentation
+    stale_track: float = 0.1  # false-positive augmentation
+    consistency_weight: float = 0.0  # weight of the velocity consistency loss (0: off)
+    checkpoint_every: int = 100
+
+    def __post_init__(self) -> None:
+        for name in ("detect_steps", "track_steps", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
+        if self.batch_size < 1 or self.frames < 2:
+            raise ValueError(f"batch_size >= 1 and frames >= 2 needed, got {self}")
+        for name in ("drop_track", "stale_track"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+
+    @property
+    def steps(self) -> int:
+        return self.detect_steps + self.track_steps
+
+
+class TrackRun:
+    """A still-image :class:`Run` on moving-shapes frames, plus the frame-pair tracking step."""
+
+    def __init__(self, cfg: TrackTrainConfig, like: Array) -> None:
+        self.cfg = cfg
+        train_cfg = TrainConfig(
+            preset=cfg.preset, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+            seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
+        )  # fmt: skip
+        self.run = Run(train_cfg, like)
+        size = self.run.model.config.image_size
+        self.run.train_set = MovingShapesFrames(
+            "train", cfg.train_clips, cfg.frames, size, cfg.seed
+        )
+        self.run.val_set = MovingShapesFrames("val", cfg.val_clips, cfg.frames, size, cfg.seed)
+        self.like = like
+
+    @property
+    def step(self) -> int:
+        return self.run.step
+
+    def train_step(self) -> dict[str, float]:
+        if self.run.step < self.cfg.detect_steps:
+            return self.run.train_step()
+        return self.track_step()
+
+    def _track_queries(self, gen: np.random.Generator, pairs: list, outputs: dict):
+        """Track queries from frame t's matched predictions, with FN / FP augmentation."""
+        run, c = self.run, self.run.model.config.num_classes
+        targets_t = [{"labels": p[1]["labels"], "boxes": p[1]["boxes"]} for p in pairs]
+        indices = run.criterion.matcher(
+            {"pred_logits": outputs.pred_logits, "pred_boxes": outputs.pred_boxes},
+            [{k: asarray(v, like=self.like) for k, v in t.items()} for t in targets_t],
+        )
+        boxes = to_numpy(outputs.pred_boxes).astype(np.float64)
+        per_clip = []
+        for i, ((_, tgt_t, _, _), (q_idx, t_idx)) in enumerate(zip(pairs, indices)):
+            q_idx, t_idx = np.asarray(q_idx), np.asarray(t_idx)
+            keep = gen.random(len(t_idx)) >= self.cfg.drop_track
+            ids = tgt_t["track_ids"][t_idx[keep]]
+            labels = tgt_t["labels"][t_idx[keep]]
+            box = boxes[i, q_idx[keep]]
+            if gen.random() < self.cfg.stale_track:  # a query for an object that is not there
+                ids = np.append(ids, -2)  # an identity no target has
+                labels = np.append(labels, gen.integers(c))
+                box = np.concatenate(
+                    [box, [[*gen.uniform(0.2, 0.8, 2), *gen.uniform(0.1, 0.3, 2)]]]
+                )
+            per_clip.append((ids, labels, box))
+        return make_track_queries(per_clip, c)
+
+    def track_step(self) -> dict[str, float]:
+        run, cfg = self.run, self.cfg
+        model, like = run.model, self.like
+        gen = np.random.default_rng([cfg.seed, run.step])
+        clip_idx = gen.integers(len(run.train_set.clips), size=cfg.batch_size)
+        t_idx = gen.integers(cfg.frames - 1, size=cfg.batch_size)
+        pairs = [run.train_set.frame_pair(int(c), int(t)) for c, t in zip(clip_idx, t_idx)]
+        images_t = asarray(np.stack([p[0] for p in pairs]), like=like, dtype=like.dtype)
+        prev, _ = model.forward(run.params, images_t, train=False)
+        tq = self._track_queries(gen, pairs, prev)
+        images_u = asarray(np.stack([p[2] for p in pairs]), like=like, dtype=like.dtype)
+        dn = decoder_queries(tq, model.config.num_queries, like) if tq.count else None
+        targets, untracked, query_target = self._targets(pairs, tq)
+        try:
+            outputs, cache = model.forward(
+                run.params, images_u, train=True, rng=Rng(gen), denoising=dn
+            )
+            main, track = split_outputs(outputs)
+            losses, c_main = run.criterion.forward(main, untracked)  # Hungarian: the rest
+            loss, dtrack = float(losses["loss"]), None
+            if track is not None:  # track queries: fixed by identity
+                matcher = IdentityMatcher(query_target, focal=model.config.focal)
+                track_crit = _with_matcher(run.criterion, matcher)
+                t_losses, c_track = track_crit.forward(track, targets)
+                loss, dtrack = loss + float(t_losses["loss"]), track_crit.backward(c_track)
+                if cfg.consistency_weight > 0:
+                    value, dtrack = self._consistency(pairs, tq, query_target, track, dtrack)
+                    loss += value
+        except ValueError as err:
+            if "finite" not in str(err):  # anything but a non-finite value is a bug: keep it
+                raise
+            raise TrainingError(run.step, str(err), learning_rate_cause(cfg.lr, True)) from err
+        check_loss(run.step, {"loss": loss}, run.history, cfg.lr)
+        grads_out = merge_grads(run.criterion.backward(c_main), dtrack)
+        return self._apply(model.backward(grads_out, cache), loss)
+
+    def _targets(self, pairs: list, tq) -> tuple[list, list, list]:
+        """Frame t + 1's targets, those no track query holds, and each track query's target."""
+        targets, untracked, query_target = [], [], []
+        for i, (_, _, _, tgt) in enumerate(pairs):
+            qt, free = assign_track_queries(tq.ids[i][tq.valid[i]], tgt["track_ids"])
+            query_target.append(np.concatenate([qt, -np.ones(tq.count - len(qt), np.int64)]))
+            targets.append({k: asarray(tgt[k], like=self.like) for k in ("labels", "boxes")})
+            untracked.append(
+                {k: asarray(tgt[k][free], like=self.like) for k in ("labels", "boxes")}
+            )
+        return targets, untracked, query_target
+
+    def _consistency(
+        self, pairs: list, tq, query_target: list, track: SetOutputs, dtrack: SetOutputs
+    ) -> tuple[float, SetOutputs]:
+        """w * velocity consistency of each kept track's box, t (detached) -> t + 1, and the
+        track gradients with its gradient added to the last layer's boxes."""
+        boxes = track.pred_boxes  # (B, Qt, 4)
+        b, qt = tq.labels.shape
+        gt_t, gt_u, valid = np.zeros((b, qt, 4)), np.zeros((b, qt, 4)), np.zeros((b, qt), bool)
+        for i, (_, tgt_t, _, tgt_u) in enumerate(pairs):
+            for j in np.flatnonzero(query_target[i] >= 0):
+                gt_u[i, j] = tgt_u["boxes"][query_target[i][j]]
+                gt_t[i, j] = tgt_t["boxes"][list(tgt_t["track_ids"]).index(tq.ids[i, j])]
+                valid[i, j] = True
+        host = np.stack([tq.boxes.reshape(-1, 4), np.zeros((b * qt, 4))])  # frame t, detached
+        xp = namespace(boxes)
+        pred = asarray(host, like=boxes, dtype=boxes.dtype) + xp.stack(
+            [xp.zeros_like(xp.reshape(boxes, (-1, 4))), xp.reshape(boxes, (-1, 4))]
+        )  # (2, B Qt, 4)
+        target = asarray(np.stack([gt_t.reshape(-1, 4), gt_u.reshape(-1, 4)]), like=boxes)
+        ok = asarray(np.stack([valid.reshape(-1)] * 2), like=boxes)
+        value, cache = velocity_consistency_forward(pred, xp.astype(target, boxes.dtype), ok)
+        w = self.cfg.consistency_weight
+        dpred = xp.reshape(velocity_consistency_backward(w, cache)[1], (b, qt, 4))  # frame t + 1
+        layers = list(dtrack.groups[MAIN].layers)
+        last = layers[-1]
+        layers[-1] = Predictions(last.logits, dpred if last.boxes is None else last.boxes + dpred)
+        return w * float(value), SetOutputs({MAIN: QueryGroup(tuple(layers))})
+
+    def _apply(self, grads: dict, loss: float) -> dict[str, float]:
+        run, cfg = self.run, self.run.cfg
+        grads, norm = clip_grad_norm(grads, cfg.clip_norm)
+        check_gradients(run.step, grads, norm, run.history, cfg.lr)
+        lr = learning_rate(run.step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.final_lr_ratio)
+        rates = {k: lr * (cfg.backbone_lr_ratio if _is_backbone(k) else 1.0) for k in run.params}
+        run.params, run.opt_state = adamw_step(run.params, grads, run.opt_state, run.opt_cfg, rates)
+        run.step += 1
+        record = {"step": run.step, "loss": loss, "lr": lr, "grad_norm": norm}
+        run.history.append(record)
+        return record
+
+    def save(self, path) -> None:
+        self.run.save(path, extra={"task": "track", "track_config": asdict(self.cfg)})
+
+    def evaluate_detection(self) -> dict[str, float]:
+        """COCO AP of the object queries on every held-out frame, one frame at a time."""
+        return self.run.evaluate()
+
+
+def _with_matcher(criterion: SetCriterion, matcher: IdentityMatcher) -> SetCriterion:
+    """A shallow copy of ``criterion`` that takes its matches from ``matcher``."""
+    twin = copy.copy(criterion)
+    twin.matcher = matcher
+    return twin
