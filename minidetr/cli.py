@@ -4,6 +4,7 @@
     minidetr train --device cuda        # the same on a GPU, with CuPy
     minidetr eval runs/<stamp>/checkpoint.npz
     minidetr predict runs/<stamp>/checkpoint.npz picture.png
+    minidetr explain runs/<stamp>/checkpoint.npz --out explain
 
 User mistakes (an option out of range, an unusable output folder, a folder
 holding another run, a corrupt checkpoint, an unreadable image, no GPU, a run
@@ -293,6 +294,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from minidetr.explain.command import explain_command
+    from minidetr.inference import load_run, read_image
+
+    for path in args.images:
+        input_file(path, "image")
+    out = output_folder(args.out)
+    run = load_run(args.checkpoint, args.device)
+    images = [read_image(p, run.model.config.image_size) for p in args.images]
+    summary = explain_command(
+        run,
+        images,
+        out,
+        num_images=args.num_images,
+        ablation_images=args.ablation_images,
+        threshold=args.threshold,
+    )
+    print(f"minidetr: explained {summary['detections']} detections; wrote {out}/explain.json")
+    return 0
+
+
 def cmd_train_track(args: argparse.Namespace) -> int:
     """``train --task track``: the tracking preset (minidetr.video); --steps is the total."""
     from dataclasses import asdict
@@ -447,6 +469,30 @@ def add_predict_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_predict)
 
 
+def add_explain_parser(sub: Any) -> None:
+    what = "attention maps, relevance and their faithfulness for a checkpoint's detections"
+    x = sub.add_parser("explain", help=what, description=what)
+    add_common_options(x)
+    x.add_argument("checkpoint")
+    x.add_argument("images", nargs="*", help="pictures (default: held-out images)")
+    x.add_argument("--out", default="explain", help="folder for the figures and explain.json")
+    x.add_argument(
+        "--num-images", type=positive_int, default=16, help="held-out images explained (16)"
+    )
+    x.add_argument(
+        "--ablation-images",
+        type=non_negative_int,
+        default=64,
+        help="held-out images for the AP lost per removed head (64; 0 skips it)",
+    )
+    x.add_argument(
+        "--threshold",
+        type=probability,
+        help="lowest score explained, in [0, 1] (default 0.3 focal, 0.5 softmax)",
+    )
+    x.set_defaults(func=cmd_explain)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="minidetr", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -454,6 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_predict_parser(sub)
     add_track_parser(sub)
+    add_explain_parser(sub)
     return parser
 
 
