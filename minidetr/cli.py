@@ -23,6 +23,7 @@ from typing import Any
 from minidetr.commands import checkpoints, track, train
 from minidetr.options import (
     UserError,
+    finite_float,
     non_negative_int,
     positive_float,
     positive_int,
@@ -106,6 +107,13 @@ def add_train_parser(sub: Any) -> None:
         "--checkpoint-every",
         type=positive_int,
         help=f"steps between checkpoints (default {d.checkpoint_every})",
+    )
+    t.add_argument(
+        "--attention-entropy",
+        type=finite_float,
+        metavar="W",
+        help="add W x the mean entropy of the encoder self- and decoder cross-attention to "
+        "the loss (W > 0 sharpens, W < 0 spreads; standard preset only; default 0, off)",
     )
     t.add_argument("--out", help="output folder (default runs/<timestamp>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")

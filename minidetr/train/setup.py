@@ -47,12 +47,22 @@ class TrainConfig:
     dn_label_noise: float = 0.25
     dn_box_noise: float = 0.4
     dn_contrastive: bool = True
+    # W of the attention entropy penalty W * mean H (0: off); dense (softmax) attention only
+    attention_entropy: float = 0.0
 
     def __post_init__(self) -> None:
         check_train_config(self)
         if self.encoder_attention != "softmax" and self.preset in PRESETS:
             # the model config says whether this preset can take that encoder attention
             replace(PRESETS[self.preset], encoder_attention=self.encoder_attention)
+        if self.attention_entropy != 0 and self.preset in PRESETS:
+            dense = PRESETS[self.preset].variant == "standard"
+            if not (dense and self.encoder_attention == "softmax"):
+                raise ValueError(
+                    "attention_entropy needs dense softmax attention (preset 'standard' with "
+                    f"softmax encoder attention), got preset {self.preset!r} with "
+                    f"{self.encoder_attention!r} encoder attention"
+                )
 
 
 def make_model(preset: str, num_classes: int, encoder_attention: str = "softmax") -> MiniDETR:
