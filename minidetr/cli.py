@@ -31,6 +31,7 @@ from minidetr.options import (
     UserError,
     device_like,
     input_file,
+    non_negative_float,
     non_negative_int,
     output_folder,
     positive_float,
@@ -99,6 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "lr": args.lr,
         "encoder_attention": args.encoder_attention,
         "checkpoint_every": args.checkpoint_every,
+        "offset_l2": args.offset_l2,
         **_coco_paths(args),
     }
     try:
@@ -191,7 +193,7 @@ def _train_config_of(path: Path, cfg: Any, args: argparse.Namespace) -> Any:
         step = int(meta["step"])
     except (ValueError, TypeError, KeyError) as err:
         raise UserError(f"--resume: cannot use {path}: {err}") from err
-    for name in ("preset", "dataset", "batch_size", "seed", "lr", "encoder_attention"):
+    for name in ("preset", "dataset", "batch_size", "seed", "lr", "encoder_attention", "offset_l2"):
         given = getattr(args, name, None)
         if given is not None and given != getattr(resumed, name):
             flag, saved_value = name.replace("_", "-"), getattr(resumed, name)
@@ -403,6 +405,12 @@ def add_train_parser(sub: Any) -> None:
         "--checkpoint-every",
         type=positive_int,
         help=f"steps between checkpoints (default {d.checkpoint_every})",
+    )
+    t.add_argument(
+        "--offset-l2",
+        type=non_negative_float,
+        metavar="LAMBDA",
+        help="L2 penalty on deformable sampling offsets in level pixels, >= 0 (default 0: off)",
     )
     t.add_argument("--out", help="output folder (default runs/<timestamp>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")

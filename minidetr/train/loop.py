@@ -95,18 +95,28 @@ class TrainConfig:
     dn_label_noise: float = 0.25
     dn_box_noise: float = 0.4
     dn_contrastive: bool = True
+    offset_l2: float = 0.0  # L2 penalty on deformable sampling offsets, in level pixels (0: off)
 
     def __post_init__(self) -> None:
         check_train_config(self)
         if self.encoder_attention != "softmax" and self.preset in PRESETS:
             # the model config says whether this preset can take that encoder attention
             replace(PRESETS[self.preset], encoder_attention=self.encoder_attention)
+        if self.offset_l2 and self.preset in PRESETS:  # only a deformable preset has offsets
+            replace(PRESETS[self.preset], offset_l2=self.offset_l2)
 
 
-def make_model(preset: str, num_classes: int, encoder_attention: str = "softmax") -> MiniDETR:
+def make_model(
+    preset: str, num_classes: int, encoder_attention: str = "softmax", offset_l2: float = 0.0
+) -> MiniDETR:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    config = replace(PRESETS[preset], num_classes=num_classes, encoder_attention=encoder_attention)
+    config = replace(
+        PRESETS[preset],
+        num_classes=num_classes,
+        encoder_attention=encoder_attention,
+        offset_l2=offset_l2,
+    )
     return MiniDETR(config)
 
 
@@ -181,7 +191,7 @@ class Run:
     def __init__(self, cfg: TrainConfig, like: Array) -> None:
         self.cfg = cfg
         self.like = like
-        self.model = make_model(cfg.preset, num_classes(cfg), cfg.encoder_attention)
+        self.model = make_model(cfg.preset, num_classes(cfg), cfg.encoder_attention, cfg.offset_l2)
         self.train_set, self.val_set = make_datasets(cfg, self.model.config.image_size)
         self.criterion = make_criterion(cfg, self.model.config)
         self.params = self.model.init_params(seed=cfg.seed, like=like)
@@ -220,6 +230,9 @@ class Run:
                 self.params, images, train=True, rng=rng, denoising=dn
             )
             losses, ccache = self.criterion.forward(outputs, targets)
+            penalty = self.model.offset_penalty(cache)  # None unless offset_l2 > 0
+            if penalty is not None:  # its gradient comes with model.backward
+                losses = {**losses, "loss": losses["loss"] + penalty, "loss_offset": penalty}
         except ValueError as err:
             if "finite" not in str(err):  # anything but a non-finite value is a bug: keep it
                 raise
@@ -242,7 +255,7 @@ class Run:
         )
         self.step += 1
         record = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm}
-        for k in ("loss_ce", "loss_bbox", "loss_giou"):
+        for k in ("loss_ce", "loss_bbox", "loss_giou", "loss_offset"):
             if k in losses:
                 record[k] = float(losses[k])
         self.history.append(record)
