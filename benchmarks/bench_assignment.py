@@ -14,8 +14,8 @@ inflate it. ``--wall`` uses wall-clock time (``time.perf_counter``) instead.
 2. DETR's workload: 64 images, 100 queries, 1 to 20 targets each (one fixed draw).
    A Python loop of SciPy calls over the per-image (100, T) matrices (contiguous
    copies; and views of one (100, sum T) cost, as DETR's ``C.split``) against our
-   one compiled call: a list (``linear_sum_assignment_batch``), a padded
-   (64, 100, 20) array, or the stacked (sum T, 100) layout the matcher builds.
+   one compiled call: a list (``linear_sum_assignment_batch``) or the stacked
+   (sum T, 100) layout the matcher builds.
 3. The whole matcher, cost construction plus solving, on NumPy: DETR's recipe
    (``models/matcher.py`` in NumPy and SciPy: the (64 * 100, sum T) cost of every
    query against every target of the batch, then SciPy per image), the same recipe
@@ -43,7 +43,6 @@ from scipy.spatial.distance import cdist
 from minidetr.assignment import (
     linear_sum_assignment,
     linear_sum_assignment_batch,
-    linear_sum_assignment_padded,
     linear_sum_assignment_stacked,
 )
 from minidetr.setloss.matching import HungarianMatcher
@@ -141,17 +140,16 @@ def detr_workload(rng: np.random.Generator, n_images=64, n_queries=100, max_targ
     offsets = np.cumsum([0, *sizes])
     views = [whole[:, offsets[b] : offsets[b + 1]] for b in range(n_images)]  # as C.split(...)
     stacked = np.ascontiguousarray(whole.T)  # (S, Q)
-    return sizes, padded, per_image, views, stacked
+    return sizes, per_image, views, stacked
 
 
 def bench_batch(rng: np.random.Generator, quick: bool) -> None:
-    sizes, padded, per_image, views, stacked = detr_workload(rng)
+    sizes, per_image, views, stacked = detr_workload(rng)
     size_list = sizes.tolist()
     contenders = {
         "SciPy loop, contiguous (100, T) matrices": lambda: [scipy_lsa(c) for c in per_image],
         "SciPy loop, views of one cost (DETR's split)": lambda: [scipy_lsa(c) for c in views],
         "minidetr batch, list of (100, T) matrices": lambda: linear_sum_assignment_batch(per_image),
-        "minidetr padded (64, 100, 20)": lambda: linear_sum_assignment_padded(padded, sizes),
         "minidetr stacked (sum T, 100), the matcher's": lambda: linear_sum_assignment_stacked(
             stacked, size_list
         ),

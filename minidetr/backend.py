@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 import array_api_compat
+import array_api_compat.numpy  # the namespace of NumPy arrays, returned by namespace()
 import numpy as np
 
 Array = Any  # an array of any namespace the array API standard covers
@@ -32,6 +33,11 @@ def namespace(*arrays: Array) -> Any:
     Python scalars and ``None`` are skipped, so optional arguments can be passed
     through. Mixing array libraries raises ``TypeError``.
     """
+    for a in arrays:  # the common case, NumPy arrays only, answered without the lookup below
+        if type(a) is not np.ndarray and a is not None:
+            break
+    else:
+        return array_api_compat.numpy
     present = [a for a in arrays if a is not None and not isinstance(a, (int, float, bool))]
     if not present:
         return array_api_compat.numpy
@@ -56,6 +62,8 @@ def compiled_kernel(*arrays: Array) -> str | None:
     ``None`` entries are skipped.
     """
     present = [a for a in arrays if a is not None]
+    if present and all(type(a) is np.ndarray and a.dtype.char in "fd" for a in present):
+        return "numba"  # the common case, answered without the lookups below
     kinds = {kind(a) for a in present}
     if len(kinds) != 1 or not all(str(a.dtype) in ("float32", "float64") for a in present):
         return None

@@ -13,10 +13,10 @@ from hypothesis.extra.numpy import arrays
 from scipy.optimize import linear_sum_assignment as scipy_lsa
 
 import minidetr.assignment.jonker_volgenant as jv
+import minidetr.assignment.solver as solver
 from minidetr.assignment import (
     linear_sum_assignment,
     linear_sum_assignment_batch,
-    linear_sum_assignment_padded,
     linear_sum_assignment_stacked,
     trace_assignment,
 )
@@ -186,8 +186,10 @@ def test_plain_python_source_gives_the_compiled_answer(rng, monkeypatch):
         monkeypatch.setattr(jv, name, getattr(jv, name).py_func)
     for name in ("shortest_augmenting_path", "update_prices", "augment"):
         monkeypatch.setattr(jv, name, getattr(jv, name).py_func)
-    for shape, cheap in [((12, 12), True), ((7, 15), False), ((10, 10), False)]:
+    for shape, cheap in [((12, 12), True), ((7, 15), False), ((10, 10), False), ((6, 9), False)]:
         cost = rng.integers(0, 5, shape).astype(np.float64) if cheap else rng.random(shape)
+        if shape == (6, 9):  # the transposed view of a tall matrix, read column by column
+            cost = np.asfortranarray(cost)
         r, k = shape
         u, v, shortest, penalty = np.zeros(r), np.zeros(k), np.zeros(k), np.zeros(k)
         col4row, row4col, path = (np.zeros(n, np.int64) for n in (r, k, k))
@@ -320,6 +322,31 @@ def test_batch_equals_one_call_per_matrix(rng, maximize):
         np.testing.assert_array_equal(cols, want[1])
 
 
+@pytest.mark.parametrize("maximize", [False, True])
+def test_batch_reads_views_in_any_memory_layout(rng, maximize):
+    whole = rng.random((10, 30))
+    costs = [whole[:, 3:9], whole[:, ::7], whole.T[5:20], np.asfortranarray(whole[:4, :7])]
+    for cost, (rows, cols) in zip(costs, linear_sum_assignment_batch(costs, maximize)):
+        want = scipy_lsa(cost, maximize)
+        np.testing.assert_array_equal(rows, want[0])
+        np.testing.assert_array_equal(cols, want[1])
+
+
+@pytest.mark.parametrize("n_rows", [100, 300])  # read as a transposed view; copied, transposed
+def test_tall_matrices_on_both_sides_of_the_in_place_limit(rng, n_rows):
+    cost = rng.random((n_rows, 20))
+    cost[5, :] = np.inf  # a query no target may take
+    cost[:, 3] = np.where(np.arange(n_rows) % 2, np.inf, cost[:, 3])  # half of one column
+    assert (n_rows * 20 <= solver.IN_PLACE_MAX) == (n_rows == 100)
+    rows, cols = scipy_lsa(cost)
+    for got in (linear_sum_assignment(cost), linear_sum_assignment_batch([cost])[0]):
+        np.testing.assert_array_equal(got[0], rows)
+        np.testing.assert_array_equal(got[1], cols)
+    wide_rows, wide_cols = linear_sum_assignment_batch([np.ascontiguousarray(cost.T)])[0]
+    np.testing.assert_array_equal(wide_rows, np.arange(20))
+    np.testing.assert_array_equal(wide_cols, rows[np.argsort(cols)])  # the same pairs
+
+
 def test_batch_accepts_a_3d_array_and_an_empty_sequence(rng):
     costs = rng.random((4, 6, 3))
     for (_, cols), cost in zip(linear_sum_assignment_batch(costs), costs):
@@ -340,28 +367,23 @@ def test_batch_errors_name_the_problem(rng):
         linear_sum_assignment_batch([np.eye(2), np.ones(3)])
 
 
-def test_padded_and_stacked_layouts_equal_one_call_per_problem(rng):
+def test_stacked_layout_equals_one_call_per_problem(rng):
     n_queries = 12
     sizes = [3, 0, 12, 15, 1, 7]  # including more targets than queries
-    padded = rng.random((len(sizes), n_queries, max(sizes)))
-    padded[:, :, -1] = np.nan  # padding past every size but the largest is never read
-    padded[3, :, -1] = rng.random(n_queries)
-    stacked = np.concatenate([padded[p, :, :t].T for p, t in enumerate(sizes)])  # (S, Q)
-    for got in (
-        linear_sum_assignment_padded(padded, sizes),
-        linear_sum_assignment_stacked(stacked, sizes),
-    ):
-        for p, t in enumerate(sizes):
-            want = scipy_lsa(padded[p, :, :t])
-            np.testing.assert_array_equal(got[p][0], want[0])
-            np.testing.assert_array_equal(got[p][1], want[1])
+    costs = [rng.random((n_queries, t)) for t in sizes]  # (Q, T) per image
+    stacked = np.concatenate([c.T for c in costs])  # (S, Q)
+    got = linear_sum_assignment_stacked(stacked, sizes)
+    for p, cost in enumerate(costs):
+        want = scipy_lsa(cost)
+        np.testing.assert_array_equal(got[p][0], want[0])
+        np.testing.assert_array_equal(got[p][1], want[1])
 
 
-def test_padded_and_stacked_refuse_bad_sizes(rng):
+def test_stacked_refuses_bad_sizes(rng):
     with pytest.raises(ValueError, match="sizes must lie in"):
-        linear_sum_assignment_padded(rng.random((2, 3, 4)), [1, 5])
+        linear_sum_assignment_stacked(rng.random((5, 3)), [-1, 6])
     with pytest.raises(ValueError, match="sizes must be 2 integers"):
-        linear_sum_assignment_padded(rng.random((2, 3, 4)), [1.0, 2.0])
+        linear_sum_assignment_stacked(rng.random((5, 3)), [1.0, 4.0])
     with pytest.raises(ValueError, match="add up to the 5 rows"):
         linear_sum_assignment_stacked(rng.random((5, 3)), [2, 2])
     stacked = rng.random((5, 3))

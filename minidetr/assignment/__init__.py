@@ -8,7 +8,6 @@ record of the augmenting paths for the lesson.
 from minidetr.assignment.solver import (
     linear_sum_assignment,
     linear_sum_assignment_batch,
-    linear_sum_assignment_padded,
     linear_sum_assignment_stacked,
 )
 from minidetr.assignment.trace import AugmentStep, trace_assignment
@@ -17,7 +16,6 @@ __all__ = [
     "AugmentStep",
     "linear_sum_assignment",
     "linear_sum_assignment_batch",
-    "linear_sum_assignment_padded",
     "linear_sum_assignment_stacked",
     "trace_assignment",
 ]

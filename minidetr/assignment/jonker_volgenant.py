@@ -37,26 +37,46 @@ RETRIES_PER_FREE_ROW = 4  # bounds augmenting row reduction's immediate retries
 
 
 @njit(cache=True)
-def greedy_start(cost, u, col4row, row4col, free_rows):
+def greedy_start(cost, u, col4row, row4col, free_rows, best_col):
     """Each row takes its cheapest column while that column is free; u[i] = min_j C[i, j].
 
     With every v[j] = 0 the reduced costs are the costs, so this is the first step
-    of every row's shortest path search, done in one sweep. Returns how many rows
-    are left free, listed in ``free_rows``.
+    of every row's shortest path search, done in one sweep. The sweep reads cost in
+    memory order: row by row, or column by column when cost is the transposed view
+    of a tall matrix (then the R running minima advance together, in SIMD lanes).
+    Both orders keep the first cheapest column. ``best_col`` (R,) is scratch.
+    Returns how many rows are left free, listed in ``free_rows``.
     """
+    n_rows, n_cols = cost.shape
+    if cost.strides[0] >= cost.strides[1]:  # rows contiguous
+        for i in range(n_rows):
+            row = cost[i]  # (K,)
+            best = np.inf
+            best_j = -1
+            for j in range(n_cols):
+                if row[j] < best:
+                    best = row[j]
+                    best_j = j
+            u[i] = best
+            best_col[i] = best_j
+    else:  # columns contiguous
+        for i in range(n_rows):
+            u[i] = np.inf
+            best_col[i] = -1
+        for j in range(n_cols):
+            column = cost[:, j]  # (R,)
+            for i in range(n_rows):
+                better = column[i] < u[i]
+                u[i] = column[i] if better else u[i]
+                best_col[i] = j if better else best_col[i]
     n_free = 0
-    for i in range(cost.shape[0]):
-        row = cost[i]
-        best = np.inf
-        best_j = -1
-        for j in range(row.shape[0]):
-            if row[j] < best:
-                best = row[j]
-                best_j = j
-        u[i] = best if best_j >= 0 else 0.0
-        if best_j >= 0 and row4col[best_j] < 0:
-            col4row[i] = best_j
-            row4col[best_j] = i
+    for i in range(n_rows):
+        j = best_col[i]
+        if j < 0:  # every pair of this row is forbidden
+            u[i] = 0.0
+        if j >= 0 and row4col[j] < 0:
+            col4row[i] = j
+            row4col[j] = i
         else:
             free_rows[n_free] = i
             n_free += 1
@@ -256,6 +276,7 @@ def solve(cost, cheap_start, u, v, col4row, row4col, shortest, path, penalty, fr
     """Assign every row of cost (R, K), R <= K; col4row[i] is row i's column. Returns a status.
 
     ``cheap_start`` (square and finite) selects Jonker-Volgenant's start over the greedy one.
+    cost may be a strided view (the transpose of a tall matrix, read in place).
     """
     n_rows, n_cols = cost.shape
     for i in range(n_rows):
@@ -266,7 +287,7 @@ def solve(cost, cheap_start, u, v, col4row, row4col, shortest, path, penalty, fr
     if cheap_start:
         n_free = jonker_volgenant_start(cost, u, v, col4row, row4col, free_rows, path)
     else:
-        n_free = greedy_start(cost, u, col4row, row4col, free_rows)
+        n_free = greedy_start(cost, u, col4row, row4col, free_rows, path)
     for k in range(n_free):
         row = free_rows[k]
         sink, min_val = shortest_augmenting_path(cost, row, u, v, row4col, shortest, path, penalty)

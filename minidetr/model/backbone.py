@@ -22,17 +22,13 @@ from minidetr.backend import Array
 from minidetr.model.config import ModelConfig
 from minidetr.model.params import accumulate, add_norm, kaiming_normal
 from minidetr.model.resnet import ResNetCache, init_resnet, resnet_backward, resnet_forward
-from minidetr.ops import (
-    conv2d_backward,
-    conv2d_forward,
-    groupnorm_backward,
-    groupnorm_forward,
-    relu_backward,
-    relu_forward,
-)
-from minidetr.ops.activation import ReluCache
+from minidetr.ops import conv2d_backward, conv2d_forward
 from minidetr.ops.conv import Conv2dCache
-from minidetr.ops.normalization import NormCache
+from minidetr.ops.normalization import (
+    GroupNormReluCache,
+    groupnorm_relu_backward,
+    groupnorm_relu_forward,
+)
 
 
 def init_backbone(cfg: ModelConfig, rng: np.random.Generator) -> dict:
@@ -57,8 +53,7 @@ def init_backbone(cfg: ModelConfig, rng: np.random.Generator) -> dict:
 
 class ConvUnitCache(NamedTuple):
     conv: Conv2dCache
-    norm: NormCache
-    relu: ReluCache
+    norm_relu: GroupNormReluCache
 
 
 class BackboneCache(NamedTuple):
@@ -72,19 +67,15 @@ def _conv_unit_forward(
 ) -> tuple[Array, ConvUnitCache]:
     """relu(skip + GN(conv3x3(x))), skip = 0 for the stride-2 units."""
     h, conv = conv2d_forward(x, params[f"{name}.conv.weight"], stride=stride, padding=1)
-    h, norm = groupnorm_forward(
-        h, params[f"{name}.norm.weight"], params[f"{name}.norm.bias"], groups
+    y, norm_relu = groupnorm_relu_forward(
+        h, params[f"{name}.norm.weight"], params[f"{name}.norm.bias"], groups, skip
     )
-    if skip is not None:
-        h = h + skip
-    y, relu = relu_forward(h)
-    return y, ConvUnitCache(conv, norm, relu)
+    return y, ConvUnitCache(conv, norm_relu)
 
 
 def _conv_unit_backward(dy: Array, cache: ConvUnitCache, grads: dict, name: str) -> tuple:
     """(dx, dskip) of :func:`_conv_unit_forward`; parameter gradients go into ``grads``."""
-    (dh,) = relu_backward(dy, cache.relu)
-    dconv, dgamma, dbeta = groupnorm_backward(dh, cache.norm)
+    dconv, dgamma, dbeta, dh = groupnorm_relu_backward(dy, cache.norm_relu)
     accumulate(grads, f"{name}.norm.weight", dgamma)
     accumulate(grads, f"{name}.norm.bias", dbeta)
     dx, dw, _ = conv2d_backward(dconv, cache.conv)
