@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy.optimize import linear_sum_assignment as scipy_lsa
 
+import minidetr.assignment.drivers as drivers
 import minidetr.assignment.jonker_volgenant as jv
-import minidetr.assignment.solver as solver
 from minidetr.assignment import (
     linear_sum_assignment,
     linear_sum_assignment_batch,
@@ -337,7 +337,7 @@ def test_tall_matrices_on_both_sides_of_the_in_place_limit(rng, n_rows):
     cost = rng.random((n_rows, 20))
     cost[5, :] = np.inf  # a query no target may take
     cost[:, 3] = np.where(np.arange(n_rows) % 2, np.inf, cost[:, 3])  # half of one column
-    assert (n_rows * 20 <= solver.IN_PLACE_MAX) == (n_rows == 100)
+    assert (n_rows * 20 <= drivers.IN_PLACE_MAX) == (n_rows == 100)
     rows, cols = scipy_lsa(cost)
     for got in (linear_sum_assignment(cost), linear_sum_assignment_batch([cost])[0]):
         np.testing.assert_array_equal(got[0], rows)

@@ -1,7 +1,8 @@
 """Optimal one-to-one assignment: our own shortest augmenting path solver.
 
 ``jonker_volgenant`` holds the algorithm (plain Python that Numba compiles),
-``solver`` the SciPy-compatible functions built on it, ``trace`` a step-by-step
+``drivers`` the compiled loops that orient, check and batch problems for it,
+``solver`` the SciPy-compatible functions built on them, ``trace`` a step-by-step
 record of the augmenting paths for the lesson.
 """
 

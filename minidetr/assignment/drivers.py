@@ -1,0 +1,216 @@
+"""Compiled drivers of the assignment solver: checks, orientation, scratch space, batches.
+
+Each driver orients a problem for the solver in ``jonker_volgenant`` (R <= K: a small
+tall matrix is read as its transposed view, a large tall or a maximised one is
+copied, transposed or negated, into scratch space), checks its entries, solves it
+and writes its pairs in SciPy's order. ``solver`` holds the Python functions with
+SciPy's contract that call them.
+
+Dimensions: a problem is (N, M); the solver sees R = min(N, M) rows and
+K = max(N, M) columns; a batch holds P problems.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from minidetr.assignment.jonker_volgenant import OK, solve
+
+INVALID = 2  # a NaN, or an infinity of the wrong sign
+IN_PLACE_MAX = 4096  # entries (32 KiB): a tall matrix this small is solved as a transposed view
+
+
+@njit(cache=True)
+def _count_non_finite(entries):
+    """(number of NaN or -inf entries, number of +inf entries) of entries (R K,).
+
+    +inf forbids a pair; NaN and -inf make the problem meaningless. Branch-free over
+    one flat run, so Numba vectorises it even when the matrix's rows are short.
+    """
+    n_bad = 0
+    n_inf = 0
+    for e in range(entries.shape[0]):
+        c = entries[e]
+        n_bad += (c != c) | (c == -np.inf)
+        n_inf += c == np.inf
+    return n_bad, n_inf
+
+
+@njit(cache=True)
+def _copy_transposed(block, sign, cost):
+    """cost <- sign * block.T, block (N, M) -> cost (M, N), written in cost's memory order.
+
+    Contiguous writes and strided reads: about 2.5x faster than the other loop order
+    on DETR's (100, T) matrices.
+    """
+    for j in range(block.shape[1]):
+        row = cost[j]  # (N,)
+        for i in range(block.shape[0]):
+            row[i] = sign * block[i, j]
+
+
+@njit(cache=True)
+def _float_scratch(n_rows, n_cols, copy):
+    """Floats a problem (N, M) needs: u, v, shortest, penalty, and room for a copy of it."""
+    r = min(n_rows, n_cols)
+    k = max(n_rows, n_cols)
+    copied = copy or (n_rows > n_cols and n_rows * n_cols > IN_PLACE_MAX)
+    return r + 3 * k + (r * k if copied else 0)
+
+
+@njit(cache=True)
+def _int_scratch(n_rows, n_cols):
+    """Integers a problem (N, M) needs: col4row, row4col, path, free rows."""
+    return 2 * min(n_rows, n_cols) + 2 * max(n_rows, n_cols)
+
+
+@njit(cache=True)
+def _solve_oriented(cost, flipped, fwork, iwork, rows, cols):
+    """Solve cost (R, K), R <= K; write the pairs to rows and cols (R,).
+
+    cost is C-contiguous, or F-contiguous when it is the transposed view of a small
+    tall matrix. ``flipped``: the caller's problem is cost.T, so pairs are reported as
+    (column, row), sorted by column. fwork and iwork hold at least ``_float_scratch``
+    and ``_int_scratch`` entries. Every driver funnels into this one function, so the
+    solver is compiled once per memory layout. Returns a status.
+    """
+    r, k = cost.shape
+    if r == 0:
+        return OK
+    if cost.strides[0] >= cost.strides[1]:  # counted in memory order
+        n_bad, n_inf = _count_non_finite(cost.reshape(r * k))
+    else:
+        n_bad, n_inf = _count_non_finite(cost.T.reshape(r * k))
+    if n_bad:
+        return INVALID
+    u = fwork[:r]
+    v = fwork[r : r + k]
+    shortest = fwork[r + k : r + 2 * k]
+    penalty = fwork[r + 2 * k : r + 3 * k]
+    col4row = iwork[:r]
+    row4col = iwork[r : r + k]
+    path = iwork[r + k : r + 2 * k]
+    free_rows = iwork[r + 2 * k : 2 * r + 2 * k]
+    cheap_start = n_inf == 0 and r == k and r > 1
+    status = solve(cost, cheap_start, u, v, col4row, row4col, shortest, path, penalty, free_rows)
+    if status != OK:
+        return status
+    if flipped:  # report in the order of the caller's rows, the solver's columns
+        t = 0
+        for j in range(k):
+            if row4col[j] >= 0:
+                rows[t] = j
+                cols[t] = row4col[j]
+                t += 1
+    else:
+        for i in range(r):
+            rows[i] = i
+            cols[i] = col4row[i]
+    return OK
+
+
+@njit(cache=True)
+def _oriented_copy(block, maximize, fwork):
+    """The caller's block (N, M), any memory layout, copied into fwork as the solver reads it.
+
+    Transposed when N > M, negated when maximising. Returns the copy (R, K), C-contiguous.
+    """
+    n_rows, n_cols = block.shape
+    r = min(n_rows, n_cols)
+    k = max(n_rows, n_cols)
+    cost = fwork[r + 3 * k : r + 3 * k + r * k].reshape((r, k))  # (R, K), after the solver's
+    sign = -1.0 if maximize else 1.0
+    _copy_transposed(block if n_rows > n_cols else block.T, sign, cost)
+    return cost
+
+
+@njit(cache=True)
+def _solve_block(block, maximize, fwork, iwork, rows, cols):
+    """Solve the caller's C-contiguous block (N, M), in place unless maximised or large and tall.
+
+    A small tall block is read as its transpose, a strided view that fits in the L1
+    cache: cheaper than copying it (DETR's (100, T) matrices). A large one is copied,
+    transposed, so that the searches read contiguous rows.
+    """
+    n_rows, n_cols = block.shape
+    flipped = n_rows > n_cols
+    if maximize or (flipped and n_rows * n_cols > IN_PLACE_MAX):
+        cost = _oriented_copy(block, maximize, fwork)  # (R, K)
+        return _solve_oriented(cost, flipped, fwork, iwork, rows, cols)
+    if flipped:
+        return _solve_oriented(block.T, True, fwork, iwork, rows, cols)  # (R, K), F-contiguous
+    return _solve_oriented(block, False, fwork, iwork, rows, cols)
+
+
+@njit(cache=True)
+def _solve_one(cost_matrix, maximize, out):
+    """Compiled entry for one matrix, pairs written to out (2, R); scratch allocated here."""
+    n_rows, n_cols = cost_matrix.shape
+    fwork = np.empty(_float_scratch(n_rows, n_cols, maximize))
+    iwork = np.empty(_int_scratch(n_rows, n_cols), np.int64)
+    return _solve_block(cost_matrix, maximize, fwork, iwork, out[0], out[1])
+
+
+@njit(cache=True)
+def _scratch_sizes(n_rows, n_cols, copy):
+    """Scratch sizes (floats, integers) that fit every problem (n_rows[p], n_cols[p])."""
+    n_float = 0
+    n_int = 0
+    for p in range(n_rows.shape[0]):
+        n_float = max(n_float, _float_scratch(n_rows[p], n_cols[p], copy))
+        n_int = max(n_int, _int_scratch(n_rows[p], n_cols[p]))
+    return n_float, n_int
+
+
+@njit(cache=True)
+def _solve_flat_batch(flat, shapes, maximize, out, out_start):
+    """P problems (N_p, M_p) stored one after another, row-major, in ``flat``.
+
+    shapes (P, 2) holds each (N_p, M_p); problem p occupies N_p * M_p entries of
+    ``flat``, the caller's matrix as it is. A wide one (N_p <= M_p) is solved in place
+    when minimising; a tall one is transposed (a maximised one negated) into scratch
+    space first. Problem p's pairs land in out[:, out_start[p]:out_start[p + 1]].
+    Scratch space is allocated once for the whole batch. Returns (status, the failing
+    problem or -1).
+    """
+    n_float, n_int = _scratch_sizes(shapes[:, 0], shapes[:, 1], maximize)
+    fwork = np.empty(n_float)
+    iwork = np.empty(n_int, np.int64)
+    start = 0
+    for p in range(shapes.shape[0]):
+        n_rows, n_cols = shapes[p, 0], shapes[p, 1]
+        block = flat[start : start + n_rows * n_cols].reshape((n_rows, n_cols))  # (N, M)
+        start += n_rows * n_cols
+        a, b = out_start[p], out_start[p + 1]
+        status = _solve_block(block, maximize, fwork, iwork, out[0, a:b], out[1, a:b])
+        if status != OK:
+            return status, p
+    return OK, -1
+
+
+@njit(cache=True)
+def _solve_stacked(stacked, sizes, maximize, out, out_start):
+    """Problem p is stacked[o_p : o_p + sizes[p]].T (N, sizes[p]), o_p the sum of earlier sizes.
+
+    stacked (S, N) holds the transposes of P problems one below the other: DETR's
+    matching cost with one row per target of the batch and one column per query.
+    With sizes[p] <= N each block is C-contiguous and already in the solver's
+    orientation, so nothing is copied. Results as in ``_solve_flat_batch``.
+    """
+    n_queries = np.full(sizes.shape[0], stacked.shape[1], np.int64)
+    n_float, n_int = _scratch_sizes(n_queries, sizes, True)
+    fwork = np.empty(n_float)
+    iwork = np.empty(n_int, np.int64)
+    start = 0
+    for p in range(sizes.shape[0]):
+        block_t = stacked[start : start + sizes[p]]  # (sizes[p], N)
+        start += sizes[p]
+        in_place = sizes[p] <= stacked.shape[1] and not maximize
+        cost = block_t if in_place else _oriented_copy(block_t.T, maximize, fwork)
+        a, b = out_start[p], out_start[p + 1]
+        flipped = sizes[p] <= stacked.shape[1]
+        status = _solve_oriented(cost, flipped, fwork, iwork, out[0, a:b], out[1, a:b])
+        if status != OK:
+            return status, p
+    return OK, -1
