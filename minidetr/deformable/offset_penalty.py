@@ -11,9 +11,9 @@ attention call; the model sums it over its deformable layers (see
 :mod:`minidetr.model.deformable_transformer` for the layer average). With box
 references R also depends on the box sizes, and its gradient reaches them.
 
-Deformable DETR has no such term; its offsets are held near the reference only by their
-initialisation (zero weight, a bias of 1..P pixels). Zhu et al., "Deformable DETR"
-(ICLR 2021), eq. 3 and section 4.1.
+Deformable DETR has no such term: it starts the offsets at 1..P pixels (zero weight, a
+directional bias) and trains their projection at a tenth of the learning rate
+(``lr_linear_proj_mult``). Zhu et al., "Deformable DETR" (ICLR 2021), eq. 3 and section 4.1.
 """
 
 from __future__ import annotations
