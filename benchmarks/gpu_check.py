@@ -172,7 +172,8 @@ def kernel_check(gpu: bool, scale: int) -> None:
 
 def time_training(device: str, preset: str, steps: int) -> tuple[float, float]:
     """(first step's loss, steps per second after the first) of ``steps`` training steps."""
-    from minidetr.cli import device_like, limit_threads
+    from minidetr.cli import limit_threads
+    from minidetr.options import device_like
     from minidetr.train.loop import Run, TrainConfig
 
     limit_threads(1)

@@ -41,6 +41,17 @@ class ShapesDataset:
         return self.num_images
 
     def __getitem__(self, index: int) -> Sample:
+        image, boxes, labels, _ = self._draw(index)
+        return Sample(image, xyxy_pixels_to_cxcywh(boxes, self.image_size), labels)
+
+    def masks(self, index: int) -> np.ndarray:
+        """The exact visible pixels of each object of image ``index``: (T, S, S) boolean.
+
+        Objects are painted in order, so a later one hides what it covers of an earlier one.
+        """
+        return self._draw(index)[3]
+
+    def _draw(self, index: int) -> tuple[np.ndarray, list, np.ndarray, np.ndarray]:
         if not 0 <= index < self.num_images:
             raise IndexError(f"index {index} out of range for {self.num_images} images")
         rng = np.random.default_rng([self.seed, self._stream, index])
@@ -51,11 +62,14 @@ class ShapesDataset:
         sides = rng.uniform(0.18, 0.45, size=count) * s
         boxes = place_boxes(rng, [(a, a) for a in sides], s, max_iou=0.25)
         labels = rng.integers(0, len(self.classes), size=len(boxes))
-        for box, label in zip(boxes, labels):
+        masks = np.zeros((len(boxes), s, s), dtype=bool)  # (T, S, S)
+        for t, (box, label) in enumerate(zip(boxes, labels)):
             colour = contrasting_colour(rng, background)
-            image[:, self._mask(box, int(label))] = colour[:, None]
+            masks[t] = self._mask(box, int(label))
+            masks[:t] &= ~masks[t]  # what it covers of earlier objects is no longer visible
+            image[:, masks[t]] = colour[:, None]
         image = np.clip(image, 0.0, 1.0).astype(np.float32)
-        return Sample(image, xyxy_pixels_to_cxcywh(boxes, s), labels.astype(np.int64))
+        return image, boxes, labels.astype(np.int64), masks
 
     def _mask(self, box: np.ndarray, label: int) -> np.ndarray:
         return shape_mask(self._xx, self._yy, box, self.classes[label])

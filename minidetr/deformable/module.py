@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from minidetr.attention.record import record_attention_grad
 from minidetr.backend import Array, Rng, asarray, device, namespace
 from minidetr.checks import check_dim, check_finite, check_floating, check_ndim
 from minidetr.deformable.layout import SpatialShapes, as_spatial_shapes
@@ -278,6 +279,7 @@ def ms_deform_attn_module_backward(
         dout, c.output_proj
     )
     dvalue, dloc, dattn = ms_deform_attn_backward(dsampled, c.sampling)
+    record_attention_grad(c, dattn)  # kept only while explanations record dL/dA
 
     (dlogits,) = softmax_backward(xp.reshape(dattn, (b, q, m, lv * p)), c.softmax)
     dquery_a, dparams["attention_weights.weight"], dparams["attention_weights.bias"] = (
