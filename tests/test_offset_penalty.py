@@ -280,3 +280,11 @@ def test_cli_option_is_validated_on_one_line(value, message, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert message in err.splitlines()[-1] and "Traceback" not in err
+
+
+def test_cli_refuses_the_penalty_on_a_dense_preset(tmp_path, capsys):
+    argv = ["train", "--preset", "standard", "--offset-l2", "0.1", "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "offset_l2" in err and "deformable" in err and err.count("\n") == 0
+    assert not (tmp_path / "run" / "checkpoint.npz").exists()
