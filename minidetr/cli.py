@@ -23,6 +23,7 @@ from typing import Any
 from minidetr.commands import checkpoints, track, train
 from minidetr.options import (
     UserError,
+    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
@@ -106,6 +107,12 @@ def add_train_parser(sub: Any) -> None:
         "--checkpoint-every",
         type=positive_int,
         help=f"steps between checkpoints (default {d.checkpoint_every})",
+    )
+    t.add_argument(
+        "--offset-l2",
+        type=non_negative_float,
+        metavar="LAMBDA",
+        help="L2 penalty on deformable sampling offsets in level pixels, >= 0 (default 0: off)",
     )
     t.add_argument("--out", help="output folder (default runs/<timestamp>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")

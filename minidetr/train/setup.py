@@ -47,18 +47,28 @@ class TrainConfig:
     dn_label_noise: float = 0.25
     dn_box_noise: float = 0.4
     dn_contrastive: bool = True
+    offset_l2: float = 0.0  # L2 penalty on deformable sampling offsets, in level pixels (0: off)
 
     def __post_init__(self) -> None:
         check_train_config(self)
         if self.encoder_attention != "softmax" and self.preset in PRESETS:
             # the model config says whether this preset can take that encoder attention
             replace(PRESETS[self.preset], encoder_attention=self.encoder_attention)
+        if self.offset_l2 and self.preset in PRESETS:  # only a deformable preset has offsets
+            replace(PRESETS[self.preset], offset_l2=self.offset_l2)
 
 
-def make_model(preset: str, num_classes: int, encoder_attention: str = "softmax") -> MiniDETR:
+def make_model(
+    preset: str, num_classes: int, encoder_attention: str = "softmax", offset_l2: float = 0.0
+) -> MiniDETR:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    config = replace(PRESETS[preset], num_classes=num_classes, encoder_attention=encoder_attention)
+    config = replace(
+        PRESETS[preset],
+        num_classes=num_classes,
+        encoder_attention=encoder_attention,
+        offset_l2=offset_l2,
+    )
     return MiniDETR(config)
 
 
