@@ -24,6 +24,7 @@ from minidetr.commands import checkpoints, track, train
 from minidetr.options import (
     UserError,
     finite_float,
+    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
@@ -114,6 +115,12 @@ def add_train_parser(sub: Any) -> None:
         metavar="W",
         help="add W x the mean entropy of the encoder self- and decoder cross-attention to "
         "the loss (W > 0 sharpens, W < 0 spreads; standard preset only; default 0, off)",
+    )
+    t.add_argument(
+        "--offset-l2",
+        type=non_negative_float,
+        metavar="LAMBDA",
+        help="L2 penalty on deformable sampling offsets in level pixels, >= 0 (default 0: off)",
     )
     t.add_argument("--out", help="output folder (default runs/<timestamp>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")

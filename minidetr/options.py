@@ -68,6 +68,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (a penalty weight)."""
+    value = _number(text, float)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
 def probability(text: str) -> float:
     """A number in [0, 1] (a score threshold)."""
     value = _number(text, float)

@@ -65,6 +65,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "encoder_attention": args.encoder_attention,
         "checkpoint_every": args.checkpoint_every,
         "attention_entropy": args.attention_entropy,
+        "offset_l2": args.offset_l2,
         **_coco_paths(args),
     }
     try:
@@ -157,7 +158,7 @@ def _train_config_of(path: Path, cfg: Any, args: argparse.Namespace) -> Any:
         step = int(meta["step"])
     except (ValueError, TypeError, KeyError) as err:
         raise UserError(f"--resume: cannot use {path}: {err}") from err
-    for name in ("preset", "dataset", "batch_size", "seed", "lr", "encoder_attention"):
+    for name in ("preset", "dataset", "batch_size", "seed", "lr", "encoder_attention", "offset_l2"):
         given = getattr(args, name, None)
         if given is not None and given != getattr(resumed, name):
             flag, saved_value = name.replace("_", "-"), getattr(resumed, name)

@@ -37,6 +37,12 @@ from minidetr.deformable.ms_deform_attn import (
     ms_deform_attn_backward,
     ms_deform_attn_forward,
 )
+from minidetr.deformable.offset_penalty import (
+    OffsetPenaltyCache,
+    check_offset_weight,
+    offset_penalty_backward,
+    offset_penalty_forward,
+)
 from minidetr.ops.linear import LinearCache, linear_backward, linear_forward
 from minidetr.ops.softmax import SoftmaxCache, softmax_backward, softmax_forward
 
@@ -122,6 +128,8 @@ class MSDeformAttnModuleCache(NamedTuple):
     n_heads: int
     n_levels: int
     n_points: int
+    penalty: Array | None = None  # 0-d, the offset L2 penalty of this call (offset_l2 > 0)
+    penalty_cache: OffsetPenaltyCache | None = None
 
 
 def _check_params(params: dict[str, Array], d_model: int, n_samples: int) -> None:
@@ -157,6 +165,7 @@ def ms_deform_attn_module_forward(
     n_levels: int,
     n_points: int,
     impl: str = "auto",
+    offset_l2: float = 0.0,
 ) -> tuple[Array, MSDeformAttnModuleCache]:
     """out = MSDeformAttn(query, reference_points, input_flatten), see the module docstring.
 
@@ -165,8 +174,11 @@ def ms_deform_attn_module_forward(
     stacked, spatial_shapes (L, 2) as (H_l, W_l), padding_mask (B, S) boolean, True
     = padded token (its value is zeroed). ``impl`` picks the sampling kernel as in
     :func:`~minidetr.deformable.ms_deform_attn.ms_deform_attn_forward`.
-    Returns out (B, Q, D).
+    ``offset_l2`` > 0 also computes the L2 penalty of the offsets in level pixels
+    (:mod:`minidetr.deformable.offset_penalty`) into ``cache.penalty``; the backward
+    then adds its gradient. Returns out (B, Q, D).
     """
+    offset_l2 = check_offset_weight(offset_l2)
     check_floating(query, "query")
     check_ndim(query, 3, "query", "(B, Q, D)")
     check_ndim(input_flatten, 3, "input_flatten", "(B, S, D)")
@@ -236,9 +248,14 @@ def ms_deform_attn_module_forward(
     )
     out, p_cache = linear_forward(sampled, params["output_proj.weight"], params["output_proj.bias"])
     # sampled and out: (B, Q, D)
+    penalty = pen_cache = None
+    if offset_l2 > 0:
+        penalty, pen_cache = offset_penalty_forward(
+            offsets, reference_points, normalizer, offset_l2
+        )
     cache = MSDeformAttnModuleCache(
         v_cache, o_cache, a_cache, s_cache, d_cache, p_cache,
-        offsets, reference_points, padding_mask, normalizer, m, lv, p,
+        offsets, reference_points, padding_mask, normalizer, m, lv, p, penalty, pen_cache,
     )  # fmt: skip
     return out, cache
 
@@ -277,6 +294,9 @@ def ms_deform_attn_module_backward(
         doffsets = dloc * size * (0.5 / p)
         dsize = xp.sum(dloc * c.offsets * (0.5 / p), axis=(2, 4))  # (B, Q, L, 2)
         dref = xp.concat([xp.sum(dloc, axis=(2, 4)), dsize], axis=-1)  # (B, Q, L, 4)
+    if c.penalty_cache is not None:  # the offset penalty's own gradient, dR = 1
+        doffsets_r, dref_r = offset_penalty_backward(1.0, c.penalty_cache)
+        doffsets, dref = doffsets + doffsets_r, dref + dref_r
     dquery_o, dparams["sampling_offsets.weight"], dparams["sampling_offsets.bias"] = (
         linear_backward(xp.reshape(doffsets, (b, q, m * lv * p * 2)), c.sampling_offsets)
     )

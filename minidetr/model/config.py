@@ -8,6 +8,7 @@ Change a field with ``dataclasses.replace(PRESETS["tiny"], num_classes=10)``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 VARIANTS = ("standard", "deformable")
@@ -72,6 +73,9 @@ class ModelConfig:
     # first class and those outside (0.01, 0.99) masked (needs two_stage, anchor_queries=False)
     # the standard encoder's self-attention core (minidetr.attention.multihead), one feature map
     encoder_attention: str = "softmax"
+    # an L2 penalty on the deformable sampling offsets in level pixels, averaged over the
+    # deformable layers (minidetr.deformable.offset_penalty); 0 = off
+    offset_l2: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("backbone_channels", "backbone_blocks"):  # lists, e.g. from JSON, to tuples
@@ -128,6 +132,12 @@ class ModelConfig:
             raise ValueError(
                 f"proposal_size {self.proposal_size} doubled over {self.num_levels} levels "
                 "must stay in (0, 1)"
+            )
+        if not (isinstance(self.offset_l2, (int, float)) and 0.0 <= self.offset_l2 < math.inf):
+            raise ValueError(f"offset_l2 must be a finite number >= 0, got {self.offset_l2!r}")
+        if self.offset_l2 and self.variant != "deformable":
+            raise ValueError(
+                "offset_l2 penalises deformable sampling offsets: it needs variant='deformable'"
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")

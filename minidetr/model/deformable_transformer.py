@@ -49,11 +49,21 @@ def init_deformable_attention(out: dict, name: str, cfg: Any, rng: np.random.Gen
         out[f"{name}.{key}"] = np.asarray(value, dtype=np.float64)
 
 
+def offset_l2_per_layer(cfg: Any) -> float:
+    """Each deformable layer's share of ``cfg.offset_l2``: the penalty averages the layers.
+
+    R = offset_l2 / (N_enc + N_dec) * sum over the encoder's self-attention and the
+    decoder's cross-attention layers of that layer's mean |offset in pixels|^2.
+    """
+    return cfg.offset_l2 / (cfg.num_encoder_layers + cfg.num_decoder_layers)
+
+
 def _attend(params, name, query, ref, memory, cfg, layout):
     sub = {key: params[f"{name}.{key}"] for key in PARAM_NAMES}
     return ms_deform_attn_module_forward(
         sub, query, ref, memory, layout.spatial_shapes,
         n_heads=cfg.num_heads, n_levels=len(layout.spatial_shapes), n_points=cfg.num_points,
+        offset_l2=offset_l2_per_layer(cfg),
     )  # fmt: skip
 
 
@@ -62,6 +72,18 @@ def _backward(dout, cache: MSDeformAttnModuleCache, grads: dict, name: str):
     for key, g in dparams.items():
         accumulate(grads, f"{name}.{key}", g)
     return dquery, dref, dinput
+
+
+def deformable_caches(encoder: list, decoder_steps: tuple) -> list[MSDeformAttnModuleCache]:
+    """The module caches of a forward: encoder self-attention, then decoder cross-attention."""
+    found = [layer.attn for layer in encoder] + [step.layer.cross_attn for step in decoder_steps]
+    return [c for c in found if isinstance(c, MSDeformAttnModuleCache)]
+
+
+def offset_penalty(encoder: list, decoder_steps: tuple) -> Array | None:
+    """The offset L2 penalty of a forward (a 0-d array), None when it was off."""
+    terms = [c.penalty for c in deformable_caches(encoder, decoder_steps) if c.penalty is not None]
+    return sum(terms[1:], terms[0]) if terms else None
 
 
 def deformable_self_attention_forward(

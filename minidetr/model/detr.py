@@ -38,7 +38,7 @@ from minidetr.model.backbone import (
 from minidetr.model.config import ModelConfig
 from minidetr.model.decoder import DecoderCache, Queries, decoder_backward, decoder_forward
 from minidetr.model.decoder_layer import init_decoder_layers
-from minidetr.model.deformable_transformer import DEFORMABLE
+from minidetr.model.deformable_transformer import DEFORMABLE, offset_penalty
 from minidetr.model.efficient_encoder import EFFICIENT_ENCODER
 from minidetr.model.encoder import encoder_backward, encoder_forward, init_encoder
 from minidetr.model.heads import init_decoder_heads
@@ -249,6 +249,10 @@ class MiniDETR:
         cache = MiniDETRCache(bb, tk, enc, ts, emb, dec, qdn, ref_lin, pq)
         return SetOutputs(groups), cache
 
+    def offset_penalty(self, cache: MiniDETRCache) -> Array | None:
+        """R, the offset L2 penalty of ``cache``'s forward (0-d; None when offset_l2 is 0)."""
+        return offset_penalty(cache.encoder, cache.decoder.steps)
+
     # ------------------------------------------------------------------ backward
 
     def backward(self, output_grads: SetOutputs | dict, cache: MiniDETRCache) -> dict:
@@ -256,7 +260,8 @@ class MiniDETR:
 
         output_grads mirrors ``outputs`` (SetOutputs, e.g. ``SetCriterion.backward``'s, or
         DETR's dict); a group, layer or array that is missing or None is a zero gradient
-        (a loss that does not read it).
+        (a loss that does not read it). With ``config.offset_l2`` > 0 the gradient of
+        :meth:`offset_penalty` is added: the result is d(loss + R)/dparams.
         """
         if not isinstance(output_grads, (SetOutputs, dict)):
             raise TypeError(

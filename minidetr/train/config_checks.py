@@ -33,6 +33,7 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "dn_groups": (0, math.inf, True),
     "dn_label_noise": (0.0, 1.0, True),
     "dn_box_noise": (0.0, math.inf, True),
+    "offset_l2": (0.0, math.inf, True),
 }
 
 

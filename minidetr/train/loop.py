@@ -94,7 +94,7 @@ class Run:
     def __init__(self, cfg: TrainConfig, like: Array) -> None:
         self.cfg = cfg
         self.like = like
-        self.model = make_model(cfg.preset, num_classes(cfg), cfg.encoder_attention)
+        self.model = make_model(cfg.preset, num_classes(cfg), cfg.encoder_attention, cfg.offset_l2)
         self.train_set, self.val_set = make_datasets(cfg, self.model.config.image_size)
         self.criterion = make_criterion(cfg, self.model.config)
         self.params = self.model.init_params(seed=cfg.seed, like=like)
@@ -133,10 +133,13 @@ class Run:
                 self.params, images, train=True, rng=rng, denoising=dn
             )
             losses, ccache = self.criterion.forward(outputs, targets)
+            penalty = self.model.offset_penalty(cache)  # None unless offset_l2 > 0
+            if penalty is not None:  # its gradient comes with model.backward
+                losses = {**losses, "loss": losses["loss"] + penalty, "loss_offset": penalty}
             penalty_grads = None
             if cfg.attention_entropy != 0:
-                penalty, penalty_grads = entropy_penalty(cache, cfg.attention_entropy)
-                losses = {**losses, "loss_attention": penalty}  # minimised: loss + this
+                entropy_term, penalty_grads = entropy_penalty(cache, cfg.attention_entropy)
+                losses = {**losses, "loss_attention": entropy_term}  # minimised: loss + this
         except ValueError as err:
             if "finite" not in str(err):  # anything but a non-finite value is a bug: keep it
                 raise
@@ -166,7 +169,7 @@ class Run:
         )
         self.step += 1
         record: dict[str, Any] = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm}
-        for k in ("loss_ce", "loss_bbox", "loss_giou", "loss_attention"):
+        for k in ("loss_ce", "loss_bbox", "loss_giou", "loss_offset", "loss_attention"):
             if k in losses:
                 record[k] = float(losses[k])
         if entropy is not None:

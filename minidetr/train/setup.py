@@ -49,6 +49,7 @@ class TrainConfig:
     dn_contrastive: bool = True
     # W of the attention entropy penalty W * mean H (0: off); dense (softmax) attention only
     attention_entropy: float = 0.0
+    offset_l2: float = 0.0  # L2 penalty on deformable sampling offsets, in level pixels (0: off)
 
     def __post_init__(self) -> None:
         check_train_config(self)
@@ -63,12 +64,21 @@ class TrainConfig:
                     f"softmax encoder attention), got preset {self.preset!r} with "
                     f"{self.encoder_attention!r} encoder attention"
                 )
+        if self.offset_l2 and self.preset in PRESETS:  # only a deformable preset has offsets
+            replace(PRESETS[self.preset], offset_l2=self.offset_l2)
 
 
-def make_model(preset: str, num_classes: int, encoder_attention: str = "softmax") -> MiniDETR:
+def make_model(
+    preset: str, num_classes: int, encoder_attention: str = "softmax", offset_l2: float = 0.0
+) -> MiniDETR:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    config = replace(PRESETS[preset], num_classes=num_classes, encoder_attention=encoder_attention)
+    config = replace(
+        PRESETS[preset],
+        num_classes=num_classes,
+        encoder_attention=encoder_attention,
+        offset_l2=offset_l2,
+    )
     return MiniDETR(config)
 
 
