@@ -23,6 +23,7 @@ from typing import Any
 from minidetr.commands import checkpoints, track, train
 from minidetr.options import (
     UserError,
+    finite_float,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -107,6 +108,13 @@ def add_train_parser(sub: Any) -> None:
         "--checkpoint-every",
         type=positive_int,
         help=f"steps between checkpoints (default {d.checkpoint_every})",
+    )
+    t.add_argument(
+        "--attention-entropy",
+        type=finite_float,
+        metavar="W",
+        help="add W x the mean entropy of the encoder self- and decoder cross-attention to "
+        "the loss (W > 0 sharpens, W < 0 spreads; standard preset only; default 0, off)",
     )
     t.add_argument(
         "--offset-l2",

@@ -55,6 +55,11 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def finite_float(text: str) -> float:
+    """Any finite number (a weight that may be negative)."""
+    return _number(text, float)
+
+
 def positive_float(text: str) -> float:
     """A finite number > 0 (a learning rate)."""
     value = _number(text, float)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from minidetr.attention.record import record_attention_grad
+from minidetr.attention.record import extra_attention_grad, record_attention_grad
 from minidetr.backend import Array, namespace
 from minidetr.checks import check_dim, check_floating, check_ndim
 from minidetr.ops.linear import LinearCache, linear_backward, linear_forward
@@ -74,6 +74,9 @@ def scaled_dot_product_attention_backward(
     q, k, v, p = cache.q, cache.k, cache.v, cache.p
     dv = xp.matmul(p.mT, dout)  # (..., Lk, dv)
     dp = xp.matmul(dout, v.mT)  # (..., Lq, Lk)
+    extra = extra_attention_grad(cache)  # a loss on the map itself (attention regularisation)
+    if extra is not None:
+        dp = dp + extra
     record_attention_grad(cache, dp)  # kept only while explanations record dL/dA
     ds = p * (dp - xp.sum(dp * p, axis=-1, keepdims=True)) * cache.scale  # softmax backward
     dq = xp.matmul(ds, k)  # (..., Lq, d)

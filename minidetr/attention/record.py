@@ -7,11 +7,16 @@ need exactly these arrays, so an op's backward hands them to
 :func:`record_attention_grad`, which keeps them only inside a
 ``with record_attention_grads() as grads:`` block; elsewhere it does nothing.
 ``grads[cache]`` is then the gradient of the map held in that op's cache.
+
+The second hook runs the other way: inside ``with extra_attention_grads(extra):``
+a dense attention backward asks :func:`extra_attention_grad` for a term that a loss
+on the map itself adds to dL/dA (an entropy penalty, for attention regularisation),
+and adds it to the gradient arriving from above before the softmax backward.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -65,3 +70,29 @@ def record_attention_grad(cache: Any, grad: Array) -> None:
     grads = _RECORDING.get()
     if grads is not None:
         grads.add(cache, grad)
+
+
+_EXTRA: ContextVar[Callable[[Any], Array | None] | None] = ContextVar(
+    "extra_attention_grads", default=None
+)
+
+
+@contextmanager
+def extra_attention_grads(extra: Callable[[Any], Array | None]) -> Iterator[None]:
+    """Inside this block every dense attention backward adds ``extra(cache)`` to its dL/dA.
+
+    ``extra`` takes the op's forward cache and returns the added gradient, shaped like
+    the map, or None for an op it leaves alone.
+    """
+    token = _EXTRA.set(extra)
+    try:
+        yield
+    finally:
+        _EXTRA.reset(token)
+
+
+def extra_attention_grad(cache: Any) -> Array | None:
+    """The gradient to add to dL/dA of the op with this cache; None outside
+    :func:`extra_attention_grads` (then the backward is exactly the plain one)."""
+    extra = _EXTRA.get()
+    return None if extra is None else extra(cache)

@@ -64,6 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "lr": args.lr,
         "encoder_attention": args.encoder_attention,
         "checkpoint_every": args.checkpoint_every,
+        "attention_entropy": args.attention_entropy,
         "offset_l2": args.offset_l2,
         **_coco_paths(args),
     }
@@ -171,6 +172,22 @@ def _train_config_of(path: Path, cfg: Any, args: argparse.Namespace) -> Any:
     return replace(resumed, steps=steps, checkpoint_every=every)
 
 
+def entropy_log(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The attention entropy (nats) logged over training: ``step`` and, per layer, the mean
+    over heads (``per_layer``) and each head's (``per_head``), one entry per logged step."""
+    logged = [h for h in history if "attention_entropy" in h]
+    names = list(logged[0]["attention_entropy"]) if logged else []
+    return {
+        "step": [h["step"] for h in logged],
+        "per_layer": {
+            n: [round(float(np.mean(h["attention_entropy"][n])), 4) for h in logged] for n in names
+        },
+        "per_head": {
+            n: [[round(v, 4) for v in h["attention_entropy"][n]] for h in logged] for n in names
+        },
+    }
+
+
 def _write_report(run: Any, out: Path, seconds: float, device: str) -> dict[str, Any]:
     from minidetr.evaluate import postprocess
     from minidetr.visualize import save_loss_curve, save_prediction_grid
@@ -191,6 +208,8 @@ def _write_report(run: Any, out: Path, seconds: float, device: str) -> dict[str,
         "dataset": run.cfg.dataset,
         "batch_size": run.cfg.batch_size,
         "seed": run.cfg.seed,
+        "attention_entropy_weight": run.cfg.attention_entropy,
+        "attention_entropy": entropy_log(run.history),
     }
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     save_loss_curve(out / "loss.png", run.history)

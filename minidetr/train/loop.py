@@ -25,6 +25,11 @@ from minidetr.model import MiniDETR
 from minidetr.model.resnet import is_frozen
 from minidetr.setloss import check_targets
 from minidetr.setloss.denoising import make_denoising_queries
+from minidetr.train.attention_entropy import (
+    adding_penalty_grads,
+    attention_entropies,
+    entropy_penalty,
+)
 from minidetr.train.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -131,6 +136,10 @@ class Run:
             penalty = self.model.offset_penalty(cache)  # None unless offset_l2 > 0
             if penalty is not None:  # its gradient comes with model.backward
                 losses = {**losses, "loss": losses["loss"] + penalty, "loss_offset": penalty}
+            penalty_grads = None
+            if cfg.attention_entropy != 0:
+                entropy_term, penalty_grads = entropy_penalty(cache, cfg.attention_entropy)
+                losses = {**losses, "loss_attention": entropy_term}  # minimised: loss + this
         except ValueError as err:
             if "finite" not in str(err):  # anything but a non-finite value is a bug: keep it
                 raise
@@ -140,9 +149,16 @@ class Run:
             ) from err
         loss = float(losses["loss"])
         terms = {k: float(v) for k, v in losses.items() if k.startswith("loss")}
+        terms.pop("loss_attention", None)  # may be negative: the set loss is what is watched
         check_loss(self.step, terms, self.history, cfg.lr)
+        logged = self.logs_entropy(self.step + 1)
+        entropy = attention_entropies(cache) if logged else None  # this forward's maps
         output_grads = self.criterion.backward(ccache)
-        grads = self.model.backward(output_grads, cache)
+        if penalty_grads is None:
+            grads = self.model.backward(output_grads, cache)
+        else:
+            with adding_penalty_grads(penalty_grads):
+                grads = self.model.backward(output_grads, cache)
         grads, norm = clip_grad_norm(grads, cfg.clip_norm)
         check_gradients(self.step, grads, norm, self.history, cfg.lr)
         lr = learning_rate(self.step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.final_lr_ratio)
@@ -152,12 +168,19 @@ class Run:
             self.params, grads, self.opt_state, self.opt_cfg, rates
         )
         self.step += 1
-        record = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm}
-        for k in ("loss_ce", "loss_bbox", "loss_giou", "loss_offset"):
+        record: dict[str, Any] = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm}
+        for k in ("loss_ce", "loss_bbox", "loss_giou", "loss_offset", "loss_attention"):
             if k in losses:
                 record[k] = float(losses[k])
+        if entropy is not None:
+            record["attention_entropy"] = entropy  # per layer name: per-head mean, nats
         self.history.append(record)
         return record
+
+    def logs_entropy(self, step: int) -> bool:
+        """Whether step ``step`` (counted from 1) records its attention entropy: on the
+        checkpoint steps and the last one."""
+        return step % self.cfg.checkpoint_every == 0 or step == self.cfg.steps
 
     # --- checkpoints --------------------------------------------------------------------
 
@@ -204,7 +227,8 @@ class Run:
         ck = load_checkpoint(path, like=self.like)
         # the step budget may be extended on resume; everything else must be the run's own
         free = ("steps", "checkpoint_every")
-        saved = {k: v for k, v in ck.meta.get("train_config", {}).items() if k not in free}
+        saved = {"attention_entropy": 0.0, **ck.meta.get("train_config", {})}  # older runs: off
+        saved = {k: v for k, v in saved.items() if k not in free}
         mine = {k: v for k, v in json.loads(json.dumps(asdict(self.cfg))).items() if k not in free}
         if saved != mine:
             diff = sorted(k for k in mine if saved.get(k) != mine[k])

@@ -47,6 +47,8 @@ class TrainConfig:
     dn_label_noise: float = 0.25
     dn_box_noise: float = 0.4
     dn_contrastive: bool = True
+    # W of the attention entropy penalty W * mean H (0: off); dense (softmax) attention only
+    attention_entropy: float = 0.0
     offset_l2: float = 0.0  # L2 penalty on deformable sampling offsets, in level pixels (0: off)
 
     def __post_init__(self) -> None:
@@ -54,6 +56,14 @@ class TrainConfig:
         if self.encoder_attention != "softmax" and self.preset in PRESETS:
             # the model config says whether this preset can take that encoder attention
             replace(PRESETS[self.preset], encoder_attention=self.encoder_attention)
+        if self.attention_entropy != 0 and self.preset in PRESETS:
+            dense = PRESETS[self.preset].variant == "standard"
+            if not (dense and self.encoder_attention == "softmax"):
+                raise ValueError(
+                    "attention_entropy needs dense softmax attention (preset 'standard' with "
+                    f"softmax encoder attention), got preset {self.preset!r} with "
+                    f"{self.encoder_attention!r} encoder attention"
+                )
         if self.offset_l2 and self.preset in PRESETS:  # only a deformable preset has offsets
             replace(PRESETS[self.preset], offset_l2=self.offset_l2)
 
