@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from minidetr.backend import kind
-from minidetr.train.checkpoint import load_checkpoint
+from minidetr.train.checkpoint import load_checkpoint, save_checkpoint
 from minidetr.train.loop import Run, TrainConfig, TrainingError, train
 
 TINY = TrainConfig(
@@ -50,6 +50,19 @@ def test_resume_refuses_another_config(tmp_path):
     train(replace(TINY, steps=2), tmp_path, LIKE)
     with pytest.raises(ValueError, match=r"another training config \(\['lr'\]\)"):
         train(replace(TINY, lr=0.5), tmp_path, LIKE, resume=True)
+
+
+def test_resume_accepts_a_run_saved_before_later_fields_existed(tmp_path):
+    train(replace(TINY, steps=2), tmp_path, LIKE)
+    path = tmp_path / "checkpoint.npz"
+    ck = load_checkpoint(path)
+    meta = dict(ck.meta)
+    for later in ("offset_l2", "attention_entropy", "encoder_attention"):  # off by default
+        meta["train_config"] = {k: v for k, v in meta["train_config"].items() if k != later}
+    save_checkpoint(path, ck.params, ck.opt_state, meta)
+    assert train(replace(TINY, steps=3), tmp_path, LIKE, resume=True).step == 3
+    with pytest.raises(ValueError, match=r"another training config \(\['offset_l2'\]\)"):
+        train(replace(TINY, steps=4, offset_l2=0.1), tmp_path, LIKE, resume=True)
 
 
 def test_non_finite_values_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path):

@@ -227,7 +227,9 @@ class Run:
         ck = load_checkpoint(path, like=self.like)
         # the step budget may be extended on resume; everything else must be the run's own
         free = ("steps", "checkpoint_every")
-        saved = {"attention_entropy": 0.0, **ck.meta.get("train_config", {})}  # older runs: off
+        # a field added since the run was saved takes its default (new features start off)
+        defaults = json.loads(json.dumps(asdict(TrainConfig())))
+        saved = {**defaults, **ck.meta.get("train_config", {})}
         saved = {k: v for k, v in saved.items() if k not in free}
         mine = {k: v for k, v in json.loads(json.dumps(asdict(self.cfg))).items() if k not in free}
         if saved != mine:
