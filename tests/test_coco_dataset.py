@@ -169,6 +169,17 @@ def test_cli_bad_coco_file_is_one_line(tmp_path, capsys):
     assert len(err) == 1 and "annotation id 2" in err[0] and "Traceback" not in err[0]
     assert main(["train", "--dataset", "nope", "--out", str(tmp_path / "r2")]) == 2
     assert "COCO file PATH.json" in capsys.readouterr().err
+    missing = str(tmp_path / "missing.json")
+    assert main(["train", "--dataset", missing, "--out", str(tmp_path / "r3")]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == f"minidetr: error: --dataset file {missing} does not exist"
+    )
+    assert not (tmp_path / "r3").exists()  # refused before any work
+    args = ["train", "--dataset", str(path), "--images", str(tmp_path / "no")]
+    args += ["--out", str(tmp_path / "r4")]
+    assert main(args) == 2
+    assert "--images" in capsys.readouterr().err and not (tmp_path / "r4").exists()
 
 
 def test_cli_resumes_a_coco_run_given_a_relative_path(tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from minidetr.options import UserError, device_like, output_folder
+from minidetr.options import UserError, device_like, input_file, output_folder
 
 
 def prepare_out_dir(out: Path, resume: bool, force: bool) -> None:
@@ -135,6 +135,11 @@ def _coco_paths(args: argparse.Namespace) -> dict[str, str | None]:
     if (args.val_dataset or args.images) and not (args.dataset or "").endswith(".json"):
         raise UserError("--val-dataset and --images go with --dataset PATH.json")
     paths = {"dataset": args.dataset, "val_dataset": args.val_dataset, "images": args.images}
+    for flag, v in (("--dataset", args.dataset), ("--val-dataset", args.val_dataset)):
+        if v is not None and v.endswith(".json"):
+            input_file(v, f"{flag} file")  # before any work, not after the folder is made
+    if args.images is not None and not Path(args.images).is_dir():
+        raise UserError(f"--images {args.images} is not a folder")
     out = dict(paths)
     for k, v in paths.items():
         if v is not None and (k != "dataset" or v.endswith(".json")):
