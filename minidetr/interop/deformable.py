@@ -27,12 +27,12 @@ from minidetr.interop.detr import (
     _attention_in,
     _attention_out,
     _backbone_params,
+    _backbone_state,
     _need,
     backbone_fields,
     normalize_names,
     num_labels,
 )
-from minidetr.interop.names import RESNET_NAMES, rename
 from minidetr.model.config import ModelConfig
 
 DEFORM = tuple(
@@ -161,10 +161,7 @@ def params_from_deformable(
 def deformable_state(cfg: ModelConfig, params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """transformers' Deformable DETR state dict (NumPy arrays) of minidetr parameters."""
     check_exportable(cfg)
-    out = {}
-    for k, v in params.items():
-        if k.startswith("backbone."):
-            out["model.backbone.model." + rename(k[len("backbone.") :], RESNET_NAMES, True)] = v
+    out = _backbone_state(params, "model.backbone.model.")
     for mini, hf in _pairs(cfg):
         out[hf] = params[mini]
     for i in range(cfg.num_decoder_layers):

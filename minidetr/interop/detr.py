@@ -158,6 +158,15 @@ def _backbone_params(state: Mapping[str, np.ndarray], prefix: str) -> dict[str, 
     return out
 
 
+def _backbone_state(params: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """The way back: minidetr's backbone.* parameters under transformers' names."""
+    out = {}
+    for k, v in params.items():
+        if k.startswith("backbone."):
+            out[prefix + rename(k[len("backbone.") :], RESNET_NAMES, True)] = v
+    return out
+
+
 def _attention_in(state: Mapping, hf: str, mini: str, out: dict) -> None:
     out[f"{mini}.in_proj.weight"] = np.concatenate(
         [state[f"{hf}.{p}_proj.weight"] for p in "qkv"], axis=0
@@ -230,10 +239,7 @@ def params_from_detr(state: Mapping[str, np.ndarray], cfg: ModelConfig) -> dict[
 def detr_state(cfg: ModelConfig, params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """transformers' DETR state dict (NumPy arrays) of minidetr parameters."""
     check_exportable(cfg)
-    out = {}
-    for k, v in params.items():
-        if k.startswith("backbone."):
-            out["model.backbone.model." + rename(k[len("backbone.") :], RESNET_NAMES, True)] = v
+    out = _backbone_state(params, "model.backbone.model.")
     for mini, hf in _pairs(cfg):
         out[hf] = params[mini]
     for mini, hf in _attentions(cfg):
