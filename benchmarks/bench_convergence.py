@@ -159,19 +159,20 @@ def settings_of(args: argparse.Namespace) -> dict[str, int]:
     }
 
 
-def run_all(args: argparse.Namespace, work: Path) -> list[dict]:
-    """Each configuration in its own process, ``args.jobs`` at a time; their records."""
-    flags = ["--steps", str(args.steps), "--batch-size", str(args.batch_size)]
-    flags += ["--eval-every", str(args.eval_every), "--val-images", str(args.val_images)]
+def run_workers(
+    script: str, names: list[str], flags: list[str], jobs: int, work: Path
+) -> tuple[list[dict], list[str]]:
+    """Run ``script --worker NAME`` for each name in its own single-threaded process, ``jobs``
+    at a time; the records they wrote (``work/NAME.json``) and the names that failed."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
-    pending = list(args.configs)
+    pending = list(names)
     running: list[tuple[str, subprocess.Popen, Path]] = []
     records, failed = [], []
     while pending or running:
-        while pending and len(running) < args.jobs:
+        while pending and len(running) < jobs:
             name = pending.pop(0)
             dest = work / f"{name}.json"
-            cmd = [sys.executable, __file__, "--worker", name, "--worker-out", str(dest), *flags]
+            cmd = [sys.executable, script, "--worker", name, "--worker-out", str(dest), *flags]
             running.append((name, subprocess.Popen(cmd, env=env), dest))
         time.sleep(1.0)
         for item in list(running):
@@ -183,6 +184,14 @@ def run_all(args: argparse.Namespace, work: Path) -> list[dict]:
                 records.append(json.loads(dest.read_text()))
             else:
                 failed.append(name)
+    return records, failed
+
+
+def run_all(args: argparse.Namespace, work: Path) -> list[dict]:
+    """Each configuration in its own process, ``args.jobs`` at a time; their records."""
+    flags = ["--steps", str(args.steps), "--batch-size", str(args.batch_size)]
+    flags += ["--eval-every", str(args.eval_every), "--val-images", str(args.val_images)]
+    records, failed = run_workers(__file__, args.configs, flags, args.jobs, work)
     if failed:
         print(f"failed (see messages above): {', '.join(failed)}", file=sys.stderr)
     order = {n: i for i, n in enumerate(args.configs)}

@@ -29,7 +29,6 @@ numba.set_num_threads(1)
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -41,6 +40,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from bench_convergence import run_workers  # noqa: E402
 
 from minidetr.attention.multihead import (  # noqa: E402
     KINDS,
@@ -133,24 +133,9 @@ def layer_times(kinds, repeat: int = 20) -> dict[str, float]:
 def run_all(args: argparse.Namespace, work: Path) -> list[dict]:
     flags = ["--steps", str(args.steps), "--batch-size", str(args.batch_size)]
     flags += ["--eval-every", str(args.eval_every), "--val-images", str(args.val_images)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
-    pending, running, records = list(args.kinds), [], []
-    while pending or running:
-        while pending and len(running) < args.jobs:
-            kind = pending.pop(0)
-            dest = work / f"{kind}.json"
-            cmd = [sys.executable, __file__, "--worker", kind, "--worker-out", str(dest), *flags]
-            running.append((kind, subprocess.Popen(cmd, env=env), dest))
-        time.sleep(1.0)
-        for item in list(running):
-            kind, proc, dest = item
-            if proc.poll() is None:
-                continue
-            running.remove(item)
-            if proc.returncode == 0 and dest.exists():
-                records.append(json.loads(dest.read_text()))
-            else:
-                print(f"{kind}: failed", file=sys.stderr)
+    records, failed = run_workers(__file__, args.kinds, flags, args.jobs, work)
+    for kind in failed:
+        print(f"{kind}: failed", file=sys.stderr)
     order = {k: i for i, k in enumerate(args.kinds)}
     return sorted(records, key=lambda r: order[r["kind"]])
 
