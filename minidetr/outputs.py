@@ -85,14 +85,21 @@ class SetOutputs:
 
     def __contains__(self, name: object) -> bool:
         """A group name ("main", "enc", "dn", ...) or a DETR key present ("enc_outputs", ...)."""
-        return name in self._groups or (name in _DETR_KEYS and name in self.to_dict())
+        if name in self._groups:
+            return True
+        present = {"enc_outputs": ENC, "dn": DN}  # the others are always there
+        return name in _DETR_KEYS and present.get(name, MAIN) in self._groups
 
     def __getitem__(self, key: str) -> Any:
         """DETR's ``outputs[key]`` for key in pred_logits, pred_boxes, aux_outputs,
         enc_outputs, dn (read-only; the groups are the data)."""
         if key not in _DETR_KEYS:
             raise KeyError(f"{key!r}: DETR's outputs keys are {', '.join(_DETR_KEYS)}")
-        return self.to_dict()[key]
+        if key not in self:
+            raise KeyError(f"{key!r}: these outputs have no such group")
+        if key == "dn":
+            return self._dn_dict()
+        return getattr(self, key)  # one entry, not the whole dict
 
     def group(self, name: str) -> QueryGroup | None:
         return self._groups.get(name)
@@ -130,11 +137,16 @@ class SetOutputs:
         out: dict = {**_layer_dict(self.final), "aux_outputs": self.aux_outputs}
         if ENC in self._groups:
             out["enc_outputs"] = self.enc_outputs
-        dn = self._groups.get(DN)
-        if dn is not None:
-            layers = [_layer_dict(p) for p in dn.layers]
-            out["dn"] = {**layers[-1], "aux_outputs": layers[:-1], "meta": dn.meta}
+        if DN in self._groups:
+            out["dn"] = self._dn_dict()
         return out
+
+    def _dn_dict(self) -> dict | None:
+        dn = self._groups.get(DN)
+        if dn is None:
+            return None
+        layers = [_layer_dict(p) for p in dn.layers]
+        return {**layers[-1], "aux_outputs": layers[:-1], "meta": dn.meta}
 
     @classmethod
     def from_dict(cls, outputs: Mapping) -> SetOutputs:

@@ -55,8 +55,11 @@ def test_bad_structures_are_named():
         SetOutputs({"main": QueryGroup(({"pred_logits": 1},))})
     with pytest.raises(ValueError, match="unknown keys"):
         SetOutputs.from_dict({"pred_logits": 1, "pred_boxes": 2, "logits": 3})
+    only_main = SetOutputs({"main": QueryGroup((layer(r),))})
     with pytest.raises(KeyError, match="DETR's outputs keys"):
-        SetOutputs({"main": QueryGroup((layer(r),))})["main"]
+        only_main["main"]
+    with pytest.raises(KeyError, match="no such group"):
+        only_main["enc_outputs"]  # as DETR's dict: an absent entry is a KeyError, not None
 
 
 def test_targets_are_checked_once_and_then_pass_through(monkeypatch):
