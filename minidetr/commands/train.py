@@ -222,7 +222,7 @@ def _write_report(run: Any, out: Path, seconds: float, device: str) -> dict[str,
 
     samples = [run.val_set[i] for i in range(min(8, len(run.val_set)))]
     images, _ = collate(samples, like=run.like)
-    outputs, _ = run.model.forward(run.params, images, train=False)
+    outputs, _ = run.model.forward(run.eval_params, images, train=False)
     results = postprocess(
         outputs.pred_logits,
         outputs.pred_boxes,

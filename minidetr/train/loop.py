@@ -44,6 +44,7 @@ from minidetr.train.divergence import (
     check_parameters,
     learning_rate_cause,
 )
+from minidetr.train.ema import EMAState, ema_init, ema_update
 from minidetr.train.optim import (
     AdamWConfig,
     AdamWState,
@@ -80,12 +81,14 @@ def _is_backbone(name: str) -> bool:
 
 
 class RunState(NamedTuple):
-    """What a checkpoint holds of a run: parameters, optimizer state, step and loss history."""
+    """What a checkpoint holds of a run: parameters, optimizer state, step, loss history and
+    the weights' moving average (None when the run keeps none)."""
 
     params: dict[str, Array]
     opt_state: AdamWState
     step: int
     history: list[dict[str, float]]
+    ema: EMAState | None = None
 
 
 class Run:
@@ -101,6 +104,7 @@ class Run:
         self.opt_cfg = AdamWConfig(lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.opt_state: AdamWState = adamw_init(self.params)
         self.initial_norm = global_norm(self.params)  # the reference for check_parameters
+        self.ema = ema_init(self.params) if cfg.ema_decay > 0 else None  # read, never trained
         self.step = 0
         self.history: list[dict[str, float]] = []
 
@@ -167,6 +171,8 @@ class Run:
         self.params, self.opt_state = adamw_step(
             self.params, grads, self.opt_state, self.opt_cfg, rates
         )
+        if self.ema is not None:
+            self.ema = ema_update(self.ema, self.params, cfg.ema_decay)
         self.step += 1
         record: dict[str, Any] = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm}
         for k in ("loss_ce", "loss_bbox", "loss_giou", "loss_offset", "loss_attention"):
@@ -185,11 +191,17 @@ class Run:
     # --- checkpoints --------------------------------------------------------------------
 
     def snapshot(self) -> RunState:
-        return RunState(dict(self.params), self.opt_state, self.step, list(self.history))
+        return RunState(dict(self.params), self.opt_state, self.step, list(self.history), self.ema)
 
     def set_state(self, state: RunState) -> None:
         self.params, self.opt_state = dict(state.params), state.opt_state
-        self.step, self.history = state.step, list(state.history)
+        self.step, self.history, self.ema = state.step, list(state.history), state.ema
+
+    @property
+    def eval_params(self) -> dict[str, Array]:
+        """The weights to evaluate and ship: their moving average once it has averaged any,
+        else the trained weights."""
+        return self.ema.params if self.ema is not None and self.ema.step > 0 else self.params
 
     def save(
         self, path: Path, extra: dict[str, Any] | None = None, state: RunState | None = None
@@ -205,7 +217,7 @@ class Run:
             "history": state.history,
             **(extra or {}),
         }
-        save_checkpoint(path, state.params, state.opt_state, meta)
+        save_checkpoint(path, state.params, state.opt_state, meta, ema=state.ema)
 
     def check_update(self) -> None:
         """Raise ``TrainingError`` unless the parameters after the last step are sound."""
@@ -243,12 +255,14 @@ class Run:
             raise CheckpointError(f"checkpoint {path} does not fit the model: {err}") from err
         self.params, self.opt_state = ck.params, ck.opt_state
         self.step, self.history = int(ck.meta["step"]), list(ck.meta["history"])
+        if self.cfg.ema_decay > 0:  # a run saved before it kept one starts its average here
+            self.ema = ck.ema if ck.ema is not None else ema_init(self.params)
 
     # --- evaluation ---------------------------------------------------------------------
 
     def evaluate(self, dataset: Dataset | None = None, batch_size: int = 32) -> dict[str, float]:
         return evaluate_model(
-            self.model, self.params, dataset or self.val_set, self.like, batch_size
+            self.model, self.eval_params, dataset or self.val_set, self.like, batch_size
         )
 
 

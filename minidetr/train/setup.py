@@ -14,6 +14,7 @@ from minidetr.model import PRESETS, MiniDETR, ModelConfig
 from minidetr.setloss import LossWeights, SetCriterion
 from minidetr.setloss.matching import HungarianMatcher
 from minidetr.train.config_checks import check_train_config
+from minidetr.train.ema import check_decay
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,12 @@ class TrainConfig:
     # W of the attention entropy penalty W * mean H (0: off); dense (softmax) attention only
     attention_entropy: float = 0.0
     offset_l2: float = 0.0  # L2 penalty on deformable sampling offsets, in level pixels (0: off)
+    # decay of the weights' moving average that is evaluated and shipped (0: the weights)
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         check_train_config(self)
+        check_decay(self.ema_decay)
         if self.encoder_attention != "softmax" and self.preset in PRESETS:
             # the model config says whether this preset can take that encoder attention
             replace(PRESETS[self.preset], encoder_attention=self.encoder_attention)
