@@ -82,7 +82,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     bar = None if args.quiet else ProgressBar()
     t0 = time.perf_counter()
     try:
-        run = train(cfg, out, like, resume=args.resume, progress=bar)
+        run = train(cfg, out, like, resume=args.resume, progress=bar, prefetch=True)
     except Interrupted as err:
         if bar is not None:
             bar.close()

@@ -54,6 +54,7 @@ from minidetr.train.optim import (
     global_norm,
     learning_rate,
 )
+from minidetr.train.prefetch import Prefetcher, batch_indices
 from minidetr.train.progress import progress_bar  # noqa: F401  (the lesson imports it from here)
 from minidetr.train.setup import (  # noqa: F401  (importable from here, as before)
     TrainConfig,
@@ -105,14 +106,17 @@ class Run:
         self.opt_state: AdamWState = adamw_init(self.params)
         self.initial_norm = global_norm(self.params)  # the reference for check_parameters
         self.ema = ema_init(self.params) if cfg.ema_decay > 0 else None  # read, never trained
+        self.prefetch: Prefetcher | None = None  # draws the next batch in a worker process
         self.step = 0
         self.history: list[dict[str, float]] = []
 
     # --- one step -----------------------------------------------------------------------
 
     def batch(self, rng: np.random.Generator) -> tuple[Array, list[dict[str, Array]]]:
-        idx = rng.integers(len(self.train_set), size=self.cfg.batch_size)
-        return collate([self.train_set[int(i)] for i in idx], like=self.like)
+        idx = batch_indices(rng, len(self.train_set), self.cfg.batch_size)
+        if self.prefetch is None:
+            return collate([self.train_set[int(i)] for i in idx], like=self.like)
+        return collate(self.prefetch.samples(self.step, idx, self.cfg.steps), like=self.like)
 
     def train_step(self) -> dict[str, float]:
         cfg, model_cfg = self.cfg, self.model.config
@@ -292,6 +296,7 @@ def train(
     *,
     resume: bool = False,
     progress: Callable[[Run, dict[str, float], float], None] | None = None,
+    prefetch: bool = False,
 ) -> Run:
     """Train to ``cfg.steps``, checkpointing atomically to ``out_dir/checkpoint.npz``.
 
@@ -301,7 +306,9 @@ def train(
     Ctrl-C (SIGINT) and SIGTERM finish the current step, save, and raise ``Interrupted``
     (a ``KeyboardInterrupt``) naming the checkpoint. A diverging step raises
     ``TrainingError`` whose ``checkpoint`` names the last good one, or None when none
-    was written. Temporary files of interrupted saves are removed first.
+    was written. Temporary files of interrupted saves are removed first. ``prefetch``
+    draws each next batch in a worker process (``minidetr.train.prefetch``); the run is
+    the same either way.
     """
     run = Run(cfg, like)
     out_dir = Path(out_dir)
@@ -321,6 +328,8 @@ def train(
         run.save(ckpt, state=state)
         return SavedCheckpoint(str(ckpt), state.step)
 
+    if prefetch:
+        run.prefetch = Prefetcher(run.train_set, cfg.seed, cfg.batch_size)
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     pending: RunState | None = None  # due to be saved, once the next step has proved it
     try:
@@ -346,6 +355,9 @@ def train(
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if run.prefetch is not None:
+            run.prefetch.close()
+            run.prefetch = None
     if stop["now"]:
         raise Interrupted(saved)
     return run
