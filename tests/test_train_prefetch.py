@@ -55,3 +55,22 @@ def test_a_run_without_prefetch_draws_in_process():
     assert run.prefetch is None
     run.train_step()
     assert run.step == 1
+
+
+def test_a_killed_worker_leaves_the_drawing_to_the_main_process():
+    data = ShapesDataset("train", num_images=20, image_size=32, seed=0)
+    fetch = Prefetcher(data, seed=0, batch_size=2)
+    try:
+        idx = batch_indices(np.random.default_rng([0, 0]), len(data), 2)
+        fetch.samples(0, idx, last_step=5)  # queues step 1
+        for proc in list(fetch._pool._processes.values()):
+            proc.kill()
+            proc.join()
+        for step in range(1, 5):
+            idx = batch_indices(np.random.default_rng([0, step]), len(data), 2)
+            got = fetch.samples(step, idx, last_step=5)
+            for sample, i in zip(got, idx, strict=True):
+                np.testing.assert_array_equal(sample.image, data[int(i)].image)
+        assert fetch._pool is None  # the dead worker was noticed, without an error
+    finally:
+        fetch.close()

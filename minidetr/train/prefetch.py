@@ -9,14 +9,17 @@ worker has nothing for the step asked (the first step, a trial step that is undo
 resumed run) the images are drawn in-process. Prefetching changes when images are
 drawn, never which: a run is the same with it or without it.
 
-On two cores this uses the core that single-threaded training leaves idle.
+On two cores this uses the core that single-threaded training leaves idle. The worker
+ignores Ctrl-C (the main process saves and stops); if it dies, drawing goes on in-process.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import pickle
+import signal
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
@@ -34,6 +37,7 @@ _DATASET: Dataset | None = None  # the worker process's copy of the training set
 
 def _load(dataset_bytes: bytes) -> None:
     global _DATASET
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     _DATASET = pickle.loads(dataset_bytes)
 
 
@@ -72,13 +76,20 @@ class Prefetcher:
         """The samples at ``idx`` for step ``step``; queues step + 1 unless it is ``last_step``."""
         found = None
         if self._pending is not None and self._pending[0] == step:
-            worker_idx, drawn = self._pending[1].result()
-            if np.array_equal(worker_idx, idx):  # always, unless the rule of a step changed
-                found, self.served = drawn, self.served + 1
+            try:
+                worker_idx, drawn = self._pending[1].result()
+            except BrokenProcessPool:  # the worker was killed: carry on without it
+                self.close()
+            else:
+                if np.array_equal(worker_idx, idx):  # always, unless a step's rule changed
+                    found, self.served = drawn, self.served + 1
         self._pending = None
         if self._pool is not None and step + 1 < last_step:
-            future = self._pool.submit(_draw, self.seed, step + 1, self.batch_size)
-            self._pending = (step + 1, future)
+            try:
+                future = self._pool.submit(_draw, self.seed, step + 1, self.batch_size)
+                self._pending = (step + 1, future)
+            except BrokenProcessPool:
+                self.close()
         return found if found is not None else [self.dataset[int(i)] for i in idx]
 
     def close(self) -> None:
