@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from minidetr.backend import Array, Rng, namespace
+from minidetr.backend import Array, Rng, device, namespace
 from minidetr.checks import check_floating
 
 
@@ -16,14 +16,14 @@ def relu_forward(x: Array) -> tuple[Array, ReluCache]:
     """y = max(x, 0); a NaN stays NaN (as in PyTorch) so that a broken input is not hidden."""
     check_floating(x, "x")
     xp = namespace(x)
-    y = xp.where(x < 0, xp.zeros_like(x), x)
+    y = xp.maximum(x, xp.zeros((), dtype=x.dtype, device=device(x)))  # NaN propagates
     return y, ReluCache(x > 0)
 
 
 def relu_backward(dy: Array, cache: ReluCache) -> tuple[Array]:
     """dx = dy where x > 0, else 0 (the subgradient 0 is taken at x = 0)."""
     xp = namespace(dy)
-    return (xp.where(cache.positive, dy, xp.zeros_like(dy)),)
+    return (xp.where(cache.positive, dy, xp.zeros((), dtype=dy.dtype, device=device(dy))),)
 
 
 class SigmoidCache(NamedTuple):

@@ -114,8 +114,14 @@ def conv2d_forward(
     return y, Conv2dCache(cols, weight, (b, c, h, w), stride, padding, bias is not None)
 
 
-def conv2d_backward(dy: Array, cache: Conv2dCache) -> tuple[Array, Array, Array | None]:
-    """Gradients (dx, dweight, dbias): col2im adds each patch gradient back onto its pixels."""
+def conv2d_backward(
+    dy: Array, cache: Conv2dCache, *, input_grad: bool = True
+) -> tuple[Array | None, Array, Array | None]:
+    """Gradients (dx, dweight, dbias): col2im adds each patch gradient back onto its pixels.
+
+    ``input_grad=False`` skips dx (returned as None): a network's first convolution reads
+    the images, whose gradient nobody needs, and dx is half of the backward's work.
+    """
     xp = namespace(dy)
     b, c, h, w = cache.x_shape
     o, _, k, _ = cache.weight.shape
@@ -123,6 +129,8 @@ def conv2d_backward(dy: Array, cache: Conv2dCache) -> tuple[Array, Array, Array 
     dy2 = xp.reshape(xp.permute_dims(dy, (1, 0, 2, 3)), (o, b * ho * wo))  # (O, B*Ho*Wo)
     dweight = xp.reshape(xp.matmul(dy2, cache.cols.mT), (o, c, k, k))
     dbias = xp.sum(dy2, axis=1) if cache.has_bias else None
+    if not input_grad:
+        return None, dweight, dbias
     dcols = xp.matmul(xp.reshape(cache.weight, (o, c * k * k)).mT, dy2)  # (C*K*K, B*Ho*Wo)
     dx = _col2im(dcols, cache.x_shape, k, cache.stride, cache.padding, wo)  # (B, C, H, W)
     return dx, dweight, dbias
