@@ -83,8 +83,9 @@ def adamw_step(
 def _fused(*arrays: Array) -> bool:
     """Whether the Numba loops take ``arrays``: NumPy arrays of one float dtype and shape."""
     first = arrays[0]
-    return compiled_kernel(*arrays) == "numba" and all(
-        a.dtype == first.dtype and a.shape == first.shape for a in arrays
+    return compiled_kernel(first) == "numba" and all(
+        type(a) is type(first) and a.dtype == first.dtype and a.shape == first.shape
+        for a in arrays[1:]
     )
 
 
@@ -92,10 +93,10 @@ def _adamw_kernel(
     p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, consts: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(p', m', v') of one parameter by ``adamw_update``, in new arrays shaped like ``p``."""
-    outs = tuple(np.empty(p.shape, dtype=p.dtype) for _ in range(3))
-    flat = [np.ascontiguousarray(a).reshape(-1) for a in (p, g, m, v, *outs)]
-    adamw_update(*flat, consts)
-    return outs
+    outs = [np.empty(p.shape, dtype=p.dtype) for _ in range(3)]
+    flat = [np.ravel(a) for a in (p, g, m, v)]  # views when contiguous, else copies
+    adamw_update(*flat, *(o.reshape(-1) for o in outs), consts)
+    return outs[0], outs[1], outs[2]
 
 
 def global_norm(grads: Params) -> float:
@@ -115,7 +116,7 @@ def global_norm(grads: Params) -> float:
         if g.size == 0:
             continue
         if _fused(g):
-            host.append(scaled_sum_of_squares(np.ascontiguousarray(g).reshape(-1)))
+            host.append(scaled_sum_of_squares(np.ravel(g)))
             continue
         xp = namespace(g)
         peak = xp.max(xp.abs(g))  # a_k, 0-d on the device
