@@ -37,7 +37,10 @@ def linear_forward(x: Array, weight: Array, bias: Array | None = None) -> tuple[
     if bias is not None:
         check_ndim(bias, 1, "bias", "(out,)")
         check_dim(bias, 0, weight.shape[0], "bias", "output width of weight")
-        y = y + bias
+        if y.dtype == bias.dtype:
+            y += bias  # y is the product's fresh array: no second (N, O) allocation
+        else:
+            y = y + bias
     y = xp.reshape(y, (*x.shape[:-1], weight.shape[0]))  # (N..., O)
     return y, LinearCache(x, weight, bias is not None)
 
