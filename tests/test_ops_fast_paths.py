@@ -79,3 +79,26 @@ def test_conv_backward_without_the_input_gradient(stride, dtype):
     assert none is None and dx.shape == x.shape
     np.testing.assert_array_equal(dw2, dw)
     np.testing.assert_array_equal(db2, db)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_kernel_equals_the_array_code(dtype, monkeypatch):
+    """The Numba ReLU (NumPy arrays) against the array code it replaces, specials included."""
+    from minidetr.ops import activation
+
+    r = np.random.default_rng(5)
+    x = r.standard_normal((6, 7, 5)).astype(dtype)
+    x.flat[:6] = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30]
+    dy = r.standard_normal(x.shape).astype(dtype)
+    dy.flat[6:9] = [np.inf, np.nan, -np.inf]
+    x_view = x.transpose(2, 0, 1)  # a strided input too
+    got = [relu_forward(a) for a in (x, x_view)]
+    got_dx = [relu_backward(d, c)[0] for d, (_, c) in zip((dy, dy.transpose(2, 0, 1)), got)]
+    monkeypatch.setattr(activation, "compiled_kernel", lambda *arrays: None)  # the array code
+    want = [relu_forward(a) for a in (x, x_view)]
+    want_dx = [relu_backward(d, c)[0] for d, (_, c) in zip((dy, dy.transpose(2, 0, 1)), want)]
+    for (gy, gc), (wy, wc), gdx, wdx in zip(got, want, got_dx, want_dx):
+        assert gy.dtype == wy.dtype == dtype and gy.shape == wy.shape
+        np.testing.assert_array_equal(gy, wy)
+        np.testing.assert_array_equal(gc.positive, wc.positive)
+        np.testing.assert_array_equal(gdx, wdx)

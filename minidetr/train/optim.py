@@ -94,7 +94,7 @@ def _adamw_kernel(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(p', m', v') of one parameter by ``adamw_update``, in new arrays shaped like ``p``."""
     outs = [np.empty(p.shape, dtype=p.dtype) for _ in range(3)]
-    flat = [np.ravel(a) for a in (p, g, m, v)]  # views when contiguous, else copies
+    flat = [a.reshape(-1) for a in (p, g, m, v)]  # views when C-contiguous, else copies
     adamw_update(*flat, *(o.reshape(-1) for o in outs), consts)
     return outs[0], outs[1], outs[2]
 
@@ -116,7 +116,7 @@ def global_norm(grads: Params) -> float:
         if g.size == 0:
             continue
         if _fused(g):
-            host.append(scaled_sum_of_squares(np.ravel(g)))
+            host.append(scaled_sum_of_squares(g.reshape(-1)))
             continue
         xp = namespace(g)
         peak = xp.max(xp.abs(g))  # a_k, 0-d on the device
