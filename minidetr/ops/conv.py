@@ -130,6 +130,8 @@ def conv2d_backward(
     # dW = dy2 cols^T, taken as (cols dy2^T)^T: the same sums, and BLAS runs the long
     # B*Ho*Wo contraction 10 to 35% faster in this orientation on the backbone's shapes
     dweight = xp.reshape(xp.matmul(cache.cols, dy2.mT).mT, (o, c, k, k))  # (O, C, K, K)
+    if _compiled(dweight):
+        dweight = np.ascontiguousarray(dweight)  # a strided view until here; AdamW reads it flat
     dbias = xp.sum(dy2, axis=1) if cache.has_bias else None
     if not input_grad:
         return None, dweight, dbias
