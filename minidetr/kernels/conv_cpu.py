@@ -3,7 +3,8 @@
 Speeds up ``minidetr.ops.conv._im2col`` and ``minidetr.ops.conv._col2im`` (the
 array code inside ``conv2d_forward`` and ``conv2d_backward``) on NumPy arrays,
 with the same layout: row ``(c, u, v)`` flattened as ``c*K*K + u*K + v`` and
-column (output pixel) ``(b, i, j)`` as ``(b*Ho + i)*Wo + j``. The array code
+column (output pixel) ``(b, i, j)`` as ``(b*Ho + i)*Wo + j``; col2im reads the
+transpose, a row per output pixel. The array code
 gathers K*K strided slices of a zero-padded copy and stacks them (three passes
 over memory), and scatters back with K*K read-modify-writes of strided slices;
 these loops read the input once, skip the padding instead of materialising it,
@@ -61,18 +62,28 @@ def im2col(x: np.ndarray, k: int, stride: int, padding: int, ho: int, wo: int) -
 
 @njit(cache=True)
 def col2im(
-    dcols: np.ndarray, b_: int, c_: int, h: int, w: int, k: int, stride: int, padding: int, wo: int
+    dcols_t: np.ndarray,
+    b_: int,
+    c_: int,
+    h: int,
+    w: int,
+    k: int,
+    stride: int,
+    padding: int,
+    wo: int,
 ) -> np.ndarray:
-    """dx[b, c, s*i + u - p, s*j + v - p] += dcols[c*K*K + u*K + v, (b*Ho + i)*Wo + j].
+    """dx[b, c, s*i + u - p, s*j + v - p] += dcols_t[(b*Ho + i)*Wo + j, c*K*K + u*K + v].
 
-    dcols (C*K*K, B*Ho*Wo) contiguous; returns dx (B, C, H, W). Gradients that land on
-    the padding are dropped (the padding is not an input).
+    dcols_t (B*Ho*Wo, C*K*K) contiguous: the column gradients transposed, one row per
+    output pixel, as the backward's matrix product makes them fastest. Returns dx
+    (B, C, H, W). Gradients that land on the padding are dropped (the padding is not
+    an input).
     """
-    n = dcols.shape[1]
+    n, ckk = dcols_t.shape
     ho = n // (b_ * wo)
-    dx = np.zeros((b_, c_, h, w), dtype=dcols.dtype)
-    dx_flat, dcols_flat = dx.reshape(-1), dcols.reshape(-1)
-    step = np.uint64(stride)
+    dx = np.zeros((b_, c_, h, w), dtype=dcols_t.dtype)
+    dx_flat, dcols_flat = dx.reshape(-1), dcols_t.reshape(-1)
+    step, row_step = np.uint64(stride), np.uint64(ckk)
     for b in range(b_):
         for c in range(c_):
             for u in range(k):
@@ -83,7 +94,7 @@ def col2im(
                         r = stride * i + u - padding
                         if 0 <= r < h:
                             dst = np.uint64(((b * c_ + c) * h + r) * w + stride * j0 + v - padding)
-                            src = np.uint64(row * n + (b * ho + i) * wo + j0)
+                            src = np.uint64(((b * ho + i) * wo + j0) * ckk + row)
                             for j in range(np.uint64(j1 - j0)):
-                                dx_flat[dst + step * j] += dcols_flat[src + j]
+                                dx_flat[dst + step * j] += dcols_flat[src + row_step * j]
     return dx
