@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from minidetr.backend import Array, namespace
+from minidetr.backend import Array, device, namespace
 from minidetr.checks import check_dim, check_floating, check_ndim
 
 
@@ -54,5 +54,8 @@ def linear_backward(dy: Array, cache: LinearCache) -> tuple[Array, Array, Array 
     x2 = xp.reshape(x, (n, x.shape[-1]))  # (N, I)
     dx = xp.reshape(xp.matmul(dy2, weight), x.shape)  # (N..., I)
     dweight = xp.matmul(dy2.mT, x2)  # (O, I)
-    dbias = xp.sum(dy2, axis=0) if cache.has_bias else None
+    dbias = None
+    if cache.has_bias:  # 1^T dy2 (O,): a matrix-vector product, where NumPy's sum over axis 0
+        # of a narrow (N, O) matrix measured 4 to 10x slower
+        dbias = xp.matmul(xp.ones(n, dtype=dy2.dtype, device=device(dy2)), dy2)
     return dx, dweight, dbias
