@@ -6,7 +6,9 @@ also name the first bad entry). ``linear_sum_assignment_batch`` (a list of
 matrices) and ``linear_sum_assignment_stacked`` (DETR's layout, one row per
 target) solve many matrices of different shapes in one compiled call, with scratch
 space allocated once per batch: a Python loop of SciPy calls pays its call
-overhead per matrix.
+overhead per matrix. A list of C-contiguous float64 matrices, the common case, is
+checked and copied into one buffer without a Python loop over it; anything else is
+converted matrix by matrix, as ``linear_sum_assignment`` converts it.
 
 The compiled drivers of ``drivers.py`` orient each problem for the solver in
 ``jonker_volgenant``, check its entries, solve it and write its pairs in SciPy's order.
@@ -101,7 +103,7 @@ def _split(out: np.ndarray, out_start: np.ndarray) -> list[tuple[np.ndarray, np.
     return [(rows[a:b], cols[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-_TYPE, _DTYPE, _NDIM, _SHAPE = type, attrgetter("dtype"), attrgetter("ndim"), attrgetter("shape")
+_DTYPE, _NDIM, _SHAPE = attrgetter("dtype"), attrgetter("ndim"), attrgetter("shape")
 
 
 def _pack(costs: list[Any]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -114,7 +116,7 @@ def _pack(costs: list[Any]) -> tuple[np.ndarray, np.ndarray] | None:
     so join refuses it (TypeError) and the caller takes the general path.
     """
     if (
-        set(map(_TYPE, costs)) != {np.ndarray}
+        set(map(type, costs)) != {np.ndarray}
         or set(map(_DTYPE, costs)) != {_FLOAT64}
         or set(map(_NDIM, costs)) != {2}
     ):
