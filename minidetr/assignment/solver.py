@@ -6,9 +6,9 @@ also name the first bad entry). ``linear_sum_assignment_batch`` (a list of
 matrices) and ``linear_sum_assignment_stacked`` (DETR's layout, one row per
 target) solve many matrices of different shapes in one compiled call, with scratch
 space allocated once per batch: a Python loop of SciPy calls pays its call
-overhead per matrix. A list of C-contiguous float64 matrices, the common case, is
-checked and copied into one buffer without a Python loop over it; anything else is
-converted matrix by matrix, as ``linear_sum_assignment`` converts it.
+overhead per matrix. A list of float64 NumPy matrices, the common case, is checked
+and copied into one buffer without a Python loop over it; anything else is converted
+matrix by matrix, as ``linear_sum_assignment`` converts it.
 
 The compiled drivers of ``drivers.py`` orient each problem for the solver in
 ``jonker_volgenant``, check its entries, solve it and write its pairs in SciPy's order.
@@ -107,13 +107,13 @@ _DTYPE, _NDIM, _SHAPE = attrgetter("dtype"), attrgetter("ndim"), attrgetter("sha
 
 
 def _pack(costs: list[Any]) -> tuple[np.ndarray, np.ndarray] | None:
-    """(flat, shapes (P, 2)) of P C-contiguous float64 matrices, or None for any other input.
+    """(flat, shapes (P, 2)) of P float64 matrices (NumPy arrays), or None for any other input.
 
-    Every check is a ``map`` over the whole list (no Python loop per matrix), and
-    ``bytearray.join`` copies the matrices one after another through the buffer
-    protocol: one memcpy each, about half the time of ``np.concatenate``, which sets up
-    a cast for every array. A matrix that is not C-contiguous exports no plain buffer,
-    so join refuses it (TypeError) and the caller takes the general path.
+    Every check is a ``map`` over the whole list (no Python loop per matrix). C-contiguous
+    matrices are copied by ``bytearray.join`` through the buffer protocol: one memcpy
+    each, about half the time of ``np.concatenate``, which sets up a cast for every
+    array. A view in another layout (DETR's ``C.split``) exports no plain buffer, so
+    join refuses the list (TypeError) and ``np.concatenate`` copies it row by row.
     """
     if (
         set(map(type, costs)) != {np.ndarray}
@@ -124,7 +124,7 @@ def _pack(costs: list[Any]) -> tuple[np.ndarray, np.ndarray] | None:
     try:
         flat = np.frombuffer(bytearray().join(costs))  # (sum_p N_p M_p,), each row-major
     except TypeError:
-        return None
+        flat = np.concatenate(costs, axis=None)  # each matrix flattened row by row
     dims = np.fromiter(chain.from_iterable(map(_SHAPE, costs)), np.int64, 2 * len(costs))
     return flat, dims.reshape(len(costs), 2)  # (P, 2)
 
