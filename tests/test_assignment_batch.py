@@ -151,3 +151,34 @@ def test_batch_property_any_layout_equals_scipy(specs, seed, maximize):
         costs.append(c)
     got = linear_sum_assignment_batch(costs, maximize)
     _optimal_and_equal_to_single_calls(costs, got, maximize)
+
+
+@given(
+    st.tuples(st.integers(1, 7), st.integers(1, 7)),
+    st.lists(st.sampled_from([np.nan, -np.inf, np.inf, 0.0]), min_size=1, max_size=12),
+    st.integers(0, 2**32 - 1),
+    st.booleans(),
+)
+def test_special_entries_refused_or_solved_as_scipy_does(shape, specials, seed, maximize):
+    """NaN and wrong-signed infinities anywhere, in any shape: tall and wide matrices are
+    checked after the solver's start has run on them, so it must end and be overruled."""
+    rng = np.random.default_rng(seed)
+    cost = rng.random(shape)
+    cost.flat[rng.integers(0, cost.size, len(specials))] = specials
+    try:
+        want = scipy_lsa(cost, maximize)
+    except ValueError as err:
+        for call in (
+            lambda: linear_sum_assignment(cost, maximize),
+            lambda: linear_sum_assignment_batch([np.ones((2, 3)), cost], maximize),
+        ):
+            with pytest.raises(ValueError) as got:
+                call()
+            assert str(err).split(" ")[:3] == str(got.value).split(" ")[:3]  # same kind
+        return
+    for rows, cols in (
+        linear_sum_assignment(cost, maximize),
+        linear_sum_assignment_batch([cost], maximize)[0],
+    ):
+        assert_valid(cost, rows, cols)
+        assert total(cost, rows, cols) == total(cost, *want)

@@ -38,6 +38,15 @@ def _count_non_finite(entries):
 
 
 @njit(cache=True)
+def _count_entries(cost):
+    """``_count_non_finite`` of cost (R, K), C- or F-contiguous, read in memory order."""
+    r, k = cost.shape
+    if cost.strides[0] >= cost.strides[1]:
+        return _count_non_finite(cost.reshape(r * k))
+    return _count_non_finite(cost.T.reshape(r * k))
+
+
+@njit(cache=True)
 def _copy_transposed(block, sign, cost):
     """cost <- sign * block.T, block (N, M) -> cost (M, N), written in cost's memory order.
 
@@ -78,12 +87,12 @@ def _solve_oriented(cost, flipped, fwork, iwork, rows, cols):
     r, k = cost.shape
     if r == 0:
         return OK
-    if cost.strides[0] >= cost.strides[1]:  # counted in memory order
-        n_bad, n_inf = _count_non_finite(cost.reshape(r * k))
-    else:
-        n_bad, n_inf = _count_non_finite(cost.T.reshape(r * k))
-    if n_bad:
-        return INVALID
+    square = r == k and r > 1  # Jonker-Volgenant's start, if every cost is finite
+    n_bad = n_inf = 0
+    if square:  # counted first: the count picks the start
+        n_bad, n_inf = _count_entries(cost)
+        if n_bad:
+            return INVALID
     u = fwork[:r]
     v = fwork[r : r + k]
     shortest = fwork[r + k : r + 2 * k]
@@ -92,8 +101,12 @@ def _solve_oriented(cost, flipped, fwork, iwork, rows, cols):
     row4col = iwork[r : r + k]
     path = iwork[r + k : r + 2 * k]
     free_rows = iwork[r + 2 * k : 2 * r + 2 * k]
-    cheap_start = n_inf == 0 and r == k and r > 1
+    cheap_start = square and n_inf == 0
     status = solve(cost, cheap_start, u, v, col4row, row4col, shortest, path, penalty, free_rows)
+    if not square:  # counted after the greedy start has read the matrix into the cache
+        n_bad = _count_entries(cost)[0]  # (5 us less on DETR's 64 problems); the solver
+        if n_bad:  # ends on any input, its answer is then dropped
+            return INVALID
     if status != OK:
         return status
     if flipped and r * r <= 4 * k:  # the caller's rows are the solver's columns: sort R pairs
