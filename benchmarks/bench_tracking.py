@@ -12,6 +12,11 @@ single frames), saves it as ``DIR/detect/checkpoint.npz`` and scores the IoU bas
 * ``track_queries``: the default preset itself, frame-pair training with track queries
   (the same numbers as ``minidetr train --task track``: same config, same seed);
 * ``track_queries_consistency``: the same plus the velocity consistency loss (weight 1);
+* ``embedding_add`` / ``embedding_replace``: track queries that carry the decoder embedding
+  of frame t (TrackFormer), added to / in place of the class embedding;
+* ``embedding_memory``: ``embedding_add`` whose query also reads the track's memory bank
+  (2 slots, forgetting by score), ``embedding_aggregation``: one that aggregates its last
+  2 embeddings (training runs the 2 frames before t without gradient to fill them);
 
 so every variant has had the same number of steps under the same learning-rate schedule,
 and tracks the held-out clips into ``DIR/<variant>/metrics.json``. ``report`` prints the
@@ -41,6 +46,10 @@ VARIANTS = {
     "baseline": {},
     "track_queries": {},
     "track_queries_consistency": {"consistency_weight": 1.0},
+    "embedding_add": {"track_embedding": "add"},
+    "embedding_replace": {"track_embedding": "replace"},
+    "embedding_memory": {"track_embedding": "add", "memory_size": 2},
+    "embedding_aggregation": {"track_embedding": "add", "aggregation_window": 2},
 }
 
 
@@ -50,8 +59,7 @@ def _continue(cfg: TrackTrainConfig, out: Path, until: int, resume: bool) -> tup
     tr = TrackRun(cfg, like)
     if resume:
         ck = load_checkpoint(out / "detect" / "checkpoint.npz", like=like)
-        tr.run.params, tr.run.opt_state = ck.params, ck.opt_state
-        tr.run.step, tr.run.history = int(ck.meta["step"]), list(ck.meta["history"])
+        tr.set_state(ck.params, ck.opt_state, ck.meta)  # the reads (if any) start fresh
     start = time.perf_counter()
     while tr.step < until:
         record = tr.train_step()
