@@ -17,6 +17,9 @@ single frames), saves it as ``DIR/detect/checkpoint.npz`` and scores the IoU bas
 * ``embedding_memory``: ``embedding_add`` whose query also reads the track's memory bank
   (2 slots, forgetting by score), ``embedding_aggregation``: one that aggregates its last
   2 embeddings (training runs the 2 frames before t without gradient to fill them);
+* ``embedding_add_chain``: ``embedding_add`` trained on frames t - 2 .. t tracked with track
+  queries (no gradient) before frame t + 1, so that its embeddings come from track queries
+  as they do at inference;
 
 so every variant has had the same number of steps under the same learning-rate schedule,
 and tracks the held-out clips into ``DIR/<variant>/metrics.json``. ``report`` prints the
@@ -50,6 +53,7 @@ VARIANTS = {
     "embedding_replace": {"track_embedding": "replace"},
     "embedding_memory": {"track_embedding": "add", "memory_size": 2},
     "embedding_aggregation": {"track_embedding": "add", "aggregation_window": 2},
+    "embedding_add_chain": {"track_embedding": "add", "chain": True},
 }
 
 
@@ -107,6 +111,7 @@ def sweep(out: Path, name: str) -> None:
     unseen = MovingShapesFrames("train", c.train_clips + 32, c.frames, size, c.seed)
     use_tq = name != "baseline" and name != "detect"
     print(f"{name}: new_score keep_score -> MOTA IDF1 (unseen training-split clips)")
+    grid = []
     for new in (0.3, 0.4, 0.5):
         for keep in (0.2, 0.3):
             cfg = TrackerConfig(new_score=new, keep_score=keep)
@@ -115,12 +120,23 @@ def sweep(out: Path, name: str) -> None:
                 dataset=unseen, first_clip=c.train_clips,
             )  # fmt: skip
             print(f"{new} {keep} -> {m['MOTA']:.3f} {m['IDF1']:.3f}", flush=True)
+            grid.append([new, keep, m["MOTA"], m["IDF1"]])
+    (out / "sweep" / f"{name}.json").write_text(json.dumps({"grid": grid}, indent=1))
 
 
-def evaluate(out: Path, name: str, new_score: float, keep_score: float) -> None:
-    """Track the held-out clips again with the thresholds ``sweep`` chose for ``name``, into
-    ``DIR/<name>/tuned`` (with the animations)."""
+def chosen(out: Path, name: str) -> tuple[float, float]:
+    """The thresholds ``sweep`` found best for ``name``: highest MOTA, then highest IDF1."""
+    grid = json.loads((out / "sweep" / f"{name}.json").read_text())["grid"]
+    new, keep, _, _ = max(grid, key=lambda row: (row[2], row[3]))
+    return new, keep
+
+
+def evaluate(out: Path, name: str, new_score: float | None, keep_score: float | None) -> None:
+    """Track the held-out clips again with the thresholds ``sweep`` chose for ``name`` (or
+    those given), into ``DIR/<name>/tuned`` (with the animations)."""
     tr = load_tracker(out / name / "checkpoint.npz", np.zeros(1, np.float32))
+    if new_score is None or keep_score is None:
+        new_score, keep_score = chosen(out, name)
     cfg = TrackerConfig(new_score=new_score, keep_score=keep_score)
     use_tq = name not in ("baseline", "detect")
     m = write_tracks(tr, out / name / "tuned", track_queries=use_tq, tracker=cfg)
@@ -149,8 +165,9 @@ def main() -> None:
     parser.add_argument("stage", choices=("detect", "variant", "sweep", "evaluate", "report"))
     parser.add_argument("name", nargs="?", choices=sorted({*VARIANTS, "detect"}))
     parser.add_argument("--out", required=True)
-    parser.add_argument("--new-score", type=float, default=0.5, help="evaluate: start threshold")
-    parser.add_argument("--keep-score", type=float, default=0.3, help="evaluate: keep threshold")
+    what = "evaluate: {} threshold (default: the sweep's choice)"
+    parser.add_argument("--new-score", type=float, help=what.format("start"))
+    parser.add_argument("--keep-score", type=float, help=what.format("keep"))
     args = parser.parse_args()
     threadpool_limits(1)
     numba.set_num_threads(1)

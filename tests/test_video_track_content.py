@@ -163,6 +163,7 @@ def test_model_dn_content_hook_gradient_and_embeddings():
     [
         {"track_embedding": "replace"},
         {"track_embedding": "add", "memory_size": 2, "aggregation_window": 2},
+        {"track_embedding": "add", "memory_size": 2, "aggregation_window": 2, "chain": True},
     ],
 )
 def test_training_and_tracking_with_embeddings(tmp_path, switches):
@@ -190,4 +191,6 @@ def test_config_refuses_reads_without_embeddings():
         TrackTrainConfig(memory_size=2)
     with pytest.raises(ValueError, match="track_embedding"):
         TrackTrainConfig(track_embedding="both")
+    with pytest.raises(ValueError, match="track_embedding"):
+        TrackTrainConfig(chain=True)
     assert set(READ_PARAMS) == {"in_w", "in_b", "out_w", "out_b"}

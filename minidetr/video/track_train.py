@@ -45,6 +45,7 @@ from minidetr.train.divergence import (
 from minidetr.train.loop import Run, RunState, TrainConfig, _is_backbone
 from minidetr.train.optim import AdamWState, adamw_init, adamw_step, clip_grad_norm, learning_rate
 from minidetr.video.association import assign_track_queries
+from minidetr.video.chained_queries import chained_track_queries
 from minidetr.video.consistency import velocity_consistency_backward, velocity_consistency_forward
 from minidetr.video.embedding_queries import embedding_track_queries
 from minidetr.video.frames import MovingShapesFrames
@@ -89,6 +90,7 @@ class TrackTrainConfig:
     memory_size: int = 0  # slots of each track's memory bank, read by attention (0: off)
     memory_policy: str = "score"  # the bank's forgetting: "fifo" or "score"
     history_frames: int = 2  # training: frames before t run without gradient for the reads
+    chain: bool = False  # training: frames before t are tracked with track queries, not detected
 
     def __post_init__(self) -> None:
         for name in ("detect_steps", "track_steps", "checkpoint_every"):
@@ -107,6 +109,9 @@ class TrackTrainConfig:
         if self.track_embedding == "none" and (self.aggregation_window or self.memory_size):
             raise ValueError("aggregation_window and memory_size read past embeddings: "
                              "they need track_embedding 'add' or 'replace'")  # fmt: skip
+        if self.chain and self.track_embedding == "none":
+            raise ValueError("chain tracks with embeddings: it needs track_embedding 'add' or "
+                             "'replace'")  # fmt: skip
         HistoryConfig(self.memory_size, self.aggregation_window, self.memory_policy)
 
     @property
@@ -194,7 +199,10 @@ class TrackRun:
             tq = self._track_queries(gen, pairs, prev)
         else:
             clips = [run.train_set.clip(int(c)) for c in clip_idx]
-            tq, hist = embedding_track_queries(run, gen, cfg, cfg.history, clips, list(t_idx))
+            if cfg.chain:  # frame t's embeddings come from track queries, as at inference
+                tq, hist = chained_track_queries(run, gen, cfg, self.content, clips, list(t_idx))
+            else:
+                tq, hist = embedding_track_queries(run, gen, cfg, cfg.history, clips, list(t_idx))
             if tq.count:
                 content, ccache = slot_content_forward(hist, tq.ids != -1, self.content, like)
         images_u = asarray(np.stack([p[2] for p in pairs]), like=like, dtype=like.dtype)
