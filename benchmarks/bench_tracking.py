@@ -23,7 +23,8 @@ single frames), saves it as ``DIR/detect/checkpoint.npz`` and scores the IoU bas
 
 so every variant has had the same number of steps under the same learning-rate schedule,
 and tracks the held-out clips into ``DIR/<variant>/metrics.json``. ``report`` prints the
-table. Each process runs one thread.
+table. Each process runs one thread. ``--seed`` gives a replicate (its own initialisation,
+data order, and clips, held-out ones included) in another ``DIR``.
 """
 
 from __future__ import annotations
@@ -82,17 +83,17 @@ def _finish(tr: TrackRun, folder: Path, seconds: float, track_queries: bool | No
     print(folder.name, json.dumps({k: metrics[k] for k in ("MOTA", "IDF1", "ID_switches")}))
 
 
-def detect(out: Path) -> None:
+def detect(out: Path, seed: int = 0) -> None:
     """The default preset's detection stage: the first ``detect_steps`` steps of every variant
     (same config, same seed, so the same numbers), scored with the IoU baseline there."""
-    cfg = TrackTrainConfig()
+    cfg = TrackTrainConfig(seed=seed)
     tr, seconds = _continue(cfg, out, cfg.detect_steps, resume=False)
     _finish(tr, out / "detect", seconds, track_queries=False)
 
 
-def variant(out: Path, name: str) -> None:
+def variant(out: Path, name: str, seed: int = 0) -> None:
     """Continue the detection stage to the default preset's total steps as ``name``."""
-    default = TrackTrainConfig()
+    default = TrackTrainConfig(seed=seed)
     if name == "baseline":  # keeps detecting: same total steps, same schedule
         cfg = replace(default, detect_steps=default.steps, track_steps=0)
     else:
@@ -165,6 +166,13 @@ def main() -> None:
     parser.add_argument("stage", choices=("detect", "variant", "sweep", "evaluate", "report"))
     parser.add_argument("name", nargs="?", choices=sorted({*VARIANTS, "detect"}))
     parser.add_argument("--out", required=True)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="detect, variant: the run's seed "
+        "(model, data order and clips; sweep and evaluate read it from the run)",
+    )
     what = "evaluate: {} threshold (default: the sweep's choice)"
     parser.add_argument("--new-score", type=float, help=what.format("start"))
     parser.add_argument("--keep-score", type=float, help=what.format("keep"))
@@ -173,11 +181,11 @@ def main() -> None:
     numba.set_num_threads(1)
     out = Path(args.out)
     if args.stage == "detect":
-        detect(out)
+        detect(out, args.seed)
     elif args.stage == "variant":
         if args.name is None:
             parser.error("variant needs a NAME")
-        variant(out, args.name)
+        variant(out, args.name, args.seed)
     elif args.stage == "sweep":
         sweep(out, args.name or "detect")
     elif args.stage == "evaluate":
