@@ -17,7 +17,10 @@ from minidetr.outputs import DN, MAIN, Predictions, QueryGroup, SetOutputs
 from minidetr.video.commands import load_tracker, write_tracks
 from minidetr.video.track_content import (
     READ_PARAMS,
+    ContentSpec,
     init_track_content_params,
+    slot_content_backward,
+    slot_content_forward,
     track_content_backward,
     track_content_forward,
 )
@@ -65,6 +68,43 @@ def test_track_content_gradients_match_finite_differences():
 
     result = gradcheck(forward, backward, [p[k] for k in names], names=names)
     assert result.max_error < TOL, result.report()
+
+
+def test_slot_content_places_each_track_and_its_gradient_matches():
+    """Three tracks in two clips of two slots: the padding slot gets zeros and no gradient."""
+    cfg = HistoryConfig(memory_size=2, window=2)
+    r = np.random.default_rng(3)
+    tracks = []
+    for seen in (1, 2, 4):
+        h = TrackHistory(cfg)
+        for _ in range(seen):
+            h.observe(r.standard_normal(8), r.random())
+        tracks.append(h)
+    filled = np.array([[True, True], [False, True]])
+    p = init_track_content_params(8, memory=True, window=2, like=np.zeros(1), seed=1)
+    p = {k: v + 0.2 * r.standard_normal(v.shape) for k, v in p.items()}
+    names = sorted(p)
+
+    def forward(*values):
+        spec = ContentSpec("add", dict(zip(names, values)), cfg, 2)
+        return slot_content_forward(tracks, filled, spec, np.zeros(1))
+
+    out, _ = forward(*(p[k] for k in names))
+    assert out.shape == (2, 2, 8) and not out[1, 0].any()
+    g = gather_histories(tracks[2:], cfg, 8)  # the third track, read alone, fills slot (1, 1)
+    alone, _ = track_content_forward(
+        g["emb"], p, window=g["window"], slots=g["slots"], valid=g["valid"], num_heads=2
+    )
+    np.testing.assert_allclose(out[1, 1], alone[0], atol=1e-12)
+    result = gradcheck(
+        forward,
+        lambda d, c: tuple(slot_content_backward(d, c)[k] for k in names),
+        [p[k] for k in names],
+        names=names,
+    )
+    assert result.max_error < TOL, result.report()
+    with pytest.raises(ValueError, match="histories"):
+        slot_content_forward(tracks[:2], filled, ContentSpec("add", p, cfg, 2), np.zeros(1))
 
 
 def test_one_memory_slot_and_a_window_of_one_match_the_closed_form():
