@@ -14,8 +14,8 @@ inflate it. ``--wall`` uses wall-clock time (``time.perf_counter``) instead.
 2. DETR's workload: 64 images, 100 queries, 1 to 20 targets each (one fixed draw).
    A Python loop of SciPy calls over the per-image (100, T) matrices (contiguous
    copies; and views of one (100, sum T) cost, as DETR's ``C.split``) against our
-   one compiled call: a list (``linear_sum_assignment_batch``) or the stacked
-   (sum T, 100) layout the matcher builds.
+   one compiled call: a list (``linear_sum_assignment_batch``, of either) or the
+   stacked (sum T, 100) layout the matcher builds.
 3. The whole matcher, cost construction plus solving, on NumPy: DETR's recipe
    (``models/matcher.py`` in NumPy and SciPy: the (64 * 100, sum T) cost of every
    query against every target of the batch, then SciPy per image), the same recipe
@@ -64,12 +64,18 @@ CLOCK = time.process_time  # CPU time of this process; --wall switches to time.p
 
 
 def best_times(contenders: dict[str, Callable[[], object]], rounds: int, number: int) -> dict:
-    """Seconds per call of each contender: the best of ``rounds`` interleaved rounds."""
+    """Seconds per call of each contender: the best of ``rounds`` interleaved rounds.
+
+    Each timed block starts after one untimed call: the first call after another
+    contender pays for that contender's traces in the caches and the allocator (about
+    10 us a call on DETR's workload, averaged over 20 calls, for whoever comes second).
+    """
     for fn in contenders.values():
         fn()  # warm up (and compile)
     best = dict.fromkeys(contenders, np.inf)
     for _ in range(rounds):
         for name, fn in contenders.items():
+            fn()  # untimed: settles caches and allocator after the previous contender
             start = CLOCK()
             for _ in range(number):
                 fn()
@@ -150,6 +156,7 @@ def bench_batch(rng: np.random.Generator, quick: bool) -> None:
         "SciPy loop, contiguous (100, T) matrices": lambda: [scipy_lsa(c) for c in per_image],
         "SciPy loop, views of one cost (DETR's split)": lambda: [scipy_lsa(c) for c in views],
         "minidetr batch, list of (100, T) matrices": lambda: linear_sum_assignment_batch(per_image),
+        "minidetr batch, views of one cost": lambda: linear_sum_assignment_batch(views),
         "minidetr stacked (sum T, 100), the matcher's": lambda: linear_sum_assignment_stacked(
             stacked, size_list
         ),

@@ -2,7 +2,8 @@
 
 Run:  python benchmarks/bench_criterion.py [--quick]
 
-Columns (milliseconds per call, best of 5 repeats, NumPy / PyTorch on CPU):
+Columns (milliseconds per call, NumPy / PyTorch on CPU; the contenders run in
+interleaved rounds, so each sees the same machine load, and each keeps its best round):
 
 * ``matching``: ``SetCriterion.forward`` minus the loss terms, i.e. the matcher
   of every layer (cost matrices and assignments, on the host);
@@ -79,13 +80,17 @@ def problem(rng, q, focal, layers, groups):
     return outputs, targets
 
 
-def best_of(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times) * 1e3
+def best_times(contenders: dict, rounds: int) -> dict:
+    """Milliseconds per call of each contender: the best of ``rounds`` interleaved rounds."""
+    for fn in contenders.values():
+        fn()  # warm up (and compile)
+    best = dict.fromkeys(contenders, float("inf"))
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], (time.perf_counter() - start) * 1e3)
+    return best
 
 
 def torch_loss(outputs, targets, cache, focal):
@@ -140,18 +145,18 @@ def _torch_paired_giou(a, b):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds")
     args = parser.parse_args()
-    repeats = 2 if args.quick else 5
+    rounds = 3 if args.quick else 15
     if torch is not None:
         torch.set_num_threads(1)
     print("| setting | matching (ms) | minidetr fwd+bwd (ms) | PyTorch fwd+bwd (ms) |")
     print("| --- | ---: | ---: | ---: |")
     for name, q, focal, layers, groups in SETTINGS:
-        print(bench_setting(name, q, focal, layers, groups, repeats))
+        print(bench_setting(name, q, focal, layers, groups, rounds))
 
 
-def bench_setting(name, q, focal, layers, groups, repeats):
+def bench_setting(name, q, focal, layers, groups, rounds):
     """One markdown row: matching, minidetr forward + backward, PyTorch forward + backward."""
     rng = np.random.default_rng(0)
     outputs, targets = problem(rng, q, focal, layers, groups)
@@ -163,10 +168,11 @@ def bench_setting(name, q, focal, layers, groups, repeats):
         _, c = criterion.forward(outputs, targets, matches=matches)
         criterion.backward(c)
 
-    full = best_of(lambda: criterion.forward(outputs, targets), repeats)
-    terms_only = best_of(lambda: criterion.forward(outputs, targets, matches=matches), repeats)
-    ours = best_of(fixed, repeats)
-    theirs = "n/a"
+    contenders = {
+        "full": lambda: criterion.forward(outputs, targets),
+        "terms": lambda: criterion.forward(outputs, targets, matches=matches),
+        "ours": fixed,
+    }
     if torch is not None:
         loss, _ = torch_loss(outputs, targets, cache, focal)
         if not np.isclose(loss.item(), float(losses["loss"]), rtol=1e-4):
@@ -176,8 +182,10 @@ def bench_setting(name, q, focal, layers, groups, repeats):
             total, _ = torch_loss(outputs, targets, cache, focal)
             total.backward()
 
-        theirs = f"{best_of(torch_step, repeats):.1f}"
-    return f"| {name} | {full - terms_only:.1f} | {ours:.1f} | {theirs} |"
+        contenders["torch"] = torch_step
+    t = best_times(contenders, rounds)
+    theirs = f"{t['torch']:.1f}" if "torch" in t else "n/a"
+    return f"| {name} | {t['full'] - t['terms']:.1f} | {t['ours']:.1f} | {theirs} |"
 
 
 if __name__ == "__main__":

@@ -33,7 +33,10 @@ The contenders run interleaved: ``--rounds`` rounds, each giving every
 contender ``--steps`` consecutive steps (the order rotating from round to
 round), and the table keeps each one's best and median step. Use it on an
 otherwise idle machine if you can; on a shared one (other jobs on the same
-cores) the median moves with the load and the best is the steadier figure.
+cores) the median moves with the load and the best is the steadier figure. The
+CPU time of each worker process is recorded too: at one thread it is the step's
+own work, which other jobs on the cores stretch far less than the wall clock
+(at two threads it adds up both threads, so only the wall clock compares).
 "first step" (Numba compilation or loading it from its cache, PyTorch's first
 call) is reported apart and not in the times. "data" is the part of a step
 spent drawing and stacking the batch (the same generator for both).
@@ -371,11 +374,11 @@ def worker(impl: str, preset: str, threads: int, batch: int, check: bool) -> Non
         words = line.split()
         if not words or words[0] != "run":
             break
-        times = []
+        times = []  # (wall, CPU time of this process) per step
         for _ in range(int(words[1])):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             step()
-            times.append(time.perf_counter() - t)
+            times.append((time.perf_counter() - t, time.process_time() - c))
         print(MARK + json.dumps(times), flush=True)
 
 
@@ -400,7 +403,8 @@ class Contender:
             env=env,
         )
         self.info = self._answer()
-        self.times: list[float] = []
+        self.times: list[float] = []  # wall-clock seconds per step
+        self.cpu: list[float] = []  # CPU seconds of the worker per step (all its threads)
 
     def _answer(self):
         for line in self.proc.stdout:
@@ -411,7 +415,9 @@ class Contender:
     def run(self, steps: int) -> None:
         self.proc.stdin.write(f"run {steps}\n")
         self.proc.stdin.flush()
-        self.times += self._answer()
+        for wall, cpu in self._answer():
+            self.times.append(wall)
+            self.cpu.append(cpu)
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -500,19 +506,21 @@ def report(contenders, args, with_torch, wall, load) -> None:
         f"{args.rounds} rounds x {args.steps} steps per contender, interleaved\n"
     )
     cols = ["preset", "implementation", "threads", "ms/step (best)", "ms/step (median)"]
-    cols += ["steps/s (median)", "params", "data", "first step"]
+    cols += ["CPU ms/step (best)", "steps/s (median)", "params", "data", "first step"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "|".join("---" if i < 2 else "---:" for i in range(len(cols))) + "|")
-    medians = {}
+    medians, cpu = {}, {}
     for c in contenders:
         best, med = min(c.times), float(np.median(c.times))
         medians[(c.impl, c.preset, c.threads)] = (best, med)
+        cpu[(c.impl, c.preset, c.threads)] = (min(c.cpu), float(np.median(c.cpu)))
         cells = [
             f"{c.preset} ({c.info['image']} px)",
             c.impl,
             str(c.threads),
             f"{1e3 * best:.0f}",
             f"{1e3 * med:.0f}",
+            f"{1e3 * min(c.cpu):.0f}",
             f"{1 / med:.2f}",
             f"{c.info['params']:,}",
             f"{1e3 * c.info['data_s']:.0f} ms",
@@ -529,6 +537,12 @@ def report(contenders, args, with_torch, wall, load) -> None:
             f"{c.preset}, {c.threads} thread(s): minidetr / PyTorch = "
             f"{ours[0] / theirs[0]:.2f} (best), {ours[1] / theirs[1]:.2f} (median)"
         )
+        if c.threads == 1:  # one thread: CPU time is the work itself, steadier under load
+            ours, theirs = cpu[("minidetr", c.preset, 1)], cpu[("PyTorch", c.preset, 1)]
+            print(
+                f"{c.preset}, 1 thread, CPU time: minidetr / PyTorch = "
+                f"{ours[0] / theirs[0]:.2f} (best), {ours[1] / theirs[1]:.2f} (median)"
+            )
         if "check" in c.info:
             n, ck = c.info["minidetr_params"], c.info["check"]
             same = "match" if n == c.info["params"] else "DIFFER"

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from minidetr.backend import Array, namespace
 
 
@@ -21,6 +23,8 @@ def check_array(x: Any, name: str) -> None:
 
 def check_floating(x: Array, name: str) -> None:
     """Raise ``TypeError`` unless ``x`` is a real floating-point array."""
+    if type(x) is np.ndarray and x.dtype.kind == "f":  # NumPy floats: no namespace lookup
+        return
     check_array(x, name)
     if not namespace(x).isdtype(x.dtype, "real floating"):
         raise TypeError(f"{name} must have a real floating dtype, got {x.dtype}")

@@ -80,8 +80,10 @@ def test_corrupt_checkpoint_and_unreadable_image(trained, tmp_path, capsys):
     assert "corrupt" in capsys.readouterr().err
     text = tmp_path / "notes.png"
     text.write_text("hello")
-    assert main(["predict", str(trained / "checkpoint.npz"), str(text)]) == 2
+    out = tmp_path / "predictions"
+    assert main(["predict", str(trained / "checkpoint.npz"), str(text), "--out", str(out)]) == 2
     assert "cannot read image" in capsys.readouterr().err
+    assert not out.exists()  # a failed command leaves no empty folder behind
 
 
 def test_unknown_preset_is_refused_by_the_parser(capsys):
@@ -91,13 +93,15 @@ def test_unknown_preset_is_refused_by_the_parser(capsys):
     assert "invalid choice: 'huge'" in capsys.readouterr().err
 
 
-def test_cuda_without_cupy_says_how_to_install(capsys):
+def test_cuda_without_cupy_says_how_to_install(tmp_path, capsys):
     try:
         import cupy  # noqa: F401
 
         pytest.skip("CuPy is installed here")
     except ImportError:
         pass
-    assert main(["train", "--device", "cuda", "--out", "unused", "--quiet"]) == 2
+    out = tmp_path / "unused"
+    assert main(["train", "--device", "cuda", "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "pip install 'minidetr[gpu]'" in err and err.count("\n") == 1
+    assert not out.exists()  # refused before the output folder is made

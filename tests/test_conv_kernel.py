@@ -76,7 +76,7 @@ def test_col2im_is_the_adjoint_of_im2col(problem):
     k, wo = weight.shape[2], dy.shape[3]
     cols = conv_cpu.im2col(x, k, stride, padding, dy.shape[2], wo)
     g = np.random.default_rng(0).standard_normal(cols.shape)
-    back = conv_cpu.col2im(g, *x.shape, k, stride, padding, wo)
+    back = conv_cpu.col2im(np.ascontiguousarray(g.T), *x.shape, k, stride, padding, wo)
     assert back.shape == x.shape
     np.testing.assert_allclose(np.sum(cols * g), np.sum(x * back), rtol=1e-12, atol=1e-12)
 

@@ -27,13 +27,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     for path in args.images:
         input_file(path, "image")
-    out = output_folder(args.out)
     run = load_run(args.checkpoint, args.device)
     threshold = (
         display_threshold(run.model.config.focal) if args.threshold is None else args.threshold
     )
     size = run.model.config.image_size
     images = [read_image(p, size) for p in args.images]
+    out = output_folder(args.out)  # made once every input has been read: a failure leaves none
     outputs, _ = run.model.forward(
         run.params, asarray(np.stack(images), like=run.like), train=False
     )

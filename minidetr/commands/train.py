@@ -74,10 +74,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(str(err)) from err
     if cfg.dataset == "digits" and importlib.util.find_spec("sklearn") is None:
         raise UserError("--dataset digits needs scikit-learn: pip install 'minidetr[data]'")
+    like = device_like(args.device)  # before the folder is made: an unusable device leaves none
     prepare_out_dir(out, args.resume, args.force)
     if args.resume:
         cfg = _train_config_of(out / "checkpoint.npz", cfg, args)
-    like = device_like(args.device)
     print(f"minidetr: training preset {cfg.preset!r} on {cfg.dataset!r} ({args.device}) into {out}")
     bar = None if args.quiet else ProgressBar()
     t0 = time.perf_counter()

@@ -260,6 +260,18 @@ def ms_deform_attn_module_forward(
     return out, cache
 
 
+def _sum_heads_points(x: Array) -> Array:
+    """sum over heads and points of x (B, Q, M, L, P, 2) -> (B, Q, L, 2), as M + P - 2 adds of
+    slices: NumPy's reduction over these two short strided axes measured 10x slower."""
+    acc = x[:, :, 0, ...]
+    for i in range(1, x.shape[2]):
+        acc = acc + x[:, :, i, ...]  # (B, Q, L, P, 2)
+    out = acc[:, :, :, 0, ...]
+    for j in range(1, acc.shape[3]):
+        out = out + acc[:, :, :, j, ...]  # (B, Q, L, 2)
+    return out
+
+
 def ms_deform_attn_module_backward(
     dout: Array, cache: MSDeformAttnModuleCache
 ) -> tuple[Array, Array, Array, dict[str, Array]]:
@@ -288,12 +300,12 @@ def ms_deform_attn_module_backward(
 
     if c.reference_points.shape[-1] == 2:
         doffsets = dloc / c.normalizer[:, None, :]  # (B, Q, M, L, P, 2)
-        dref = xp.sum(dloc, axis=(2, 4))  # (B, Q, L, 2)
+        dref = _sum_heads_points(dloc)  # (B, Q, L, 2)
     else:
         size = c.reference_points[:, :, None, :, None, 2:]  # (B, Q, 1, L, 1, 2) as (w, h)
         doffsets = dloc * size * (0.5 / p)
-        dsize = xp.sum(dloc * c.offsets * (0.5 / p), axis=(2, 4))  # (B, Q, L, 2)
-        dref = xp.concat([xp.sum(dloc, axis=(2, 4)), dsize], axis=-1)  # (B, Q, L, 4)
+        dsize = _sum_heads_points(dloc * c.offsets * (0.5 / p))  # (B, Q, L, 2)
+        dref = xp.concat([_sum_heads_points(dloc), dsize], axis=-1)  # (B, Q, L, 4)
     if c.penalty_cache is not None:  # the offset penalty's own gradient, dR = 1
         doffsets_r, dref_r = offset_penalty_backward(1.0, c.penalty_cache)
         doffsets, dref = doffsets + doffsets_r, dref + dref_r

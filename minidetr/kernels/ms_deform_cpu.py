@@ -37,7 +37,10 @@ def _corners(loc_x: float, loc_y: float, height: int, width: int):  # pragma: no
     """
     x = loc_x * width - 0.5
     y = loc_y * height - 0.5
-    if not (x > -1.0 and y > -1.0 and x < width and y < height):  # also rejects NaN
+    # x = -1 is kept: its corner x0 + 1 = 0 has weight 0 but slope 1, so d/dx is the
+    # one-sided derivative that floor() gives on every other grid line (and the reference,
+    # and grid_sample); the original CUDA op's strict x > -1 makes it 0 there
+    if not (x >= -1.0 and y >= -1.0 and x < width and y < height):  # also rejects NaN
         return -2, -2, 0.0, 0.0
     x0 = math.floor(x)
     y0 = math.floor(y)

@@ -73,12 +73,17 @@ def _conv_unit_forward(
     return y, ConvUnitCache(conv, norm_relu)
 
 
-def _conv_unit_backward(dy: Array, cache: ConvUnitCache, grads: dict, name: str) -> tuple:
-    """(dx, dskip) of :func:`_conv_unit_forward`; parameter gradients go into ``grads``."""
+def _conv_unit_backward(
+    dy: Array, cache: ConvUnitCache, grads: dict, name: str, input_grad: bool = True
+) -> tuple:
+    """(dx, dskip) of :func:`_conv_unit_forward`; parameter gradients go into ``grads``.
+
+    dx is None when ``input_grad`` is False (the first unit, which reads the images).
+    """
     dconv, dgamma, dbeta, dh = groupnorm_relu_backward(dy, cache.norm_relu)
     accumulate(grads, f"{name}.norm.weight", dgamma)
     accumulate(grads, f"{name}.norm.bias", dbeta)
-    dx, dw, _ = conv2d_backward(dconv, cache.conv)
+    dx, dw, _ = conv2d_backward(dconv, cache.conv, input_grad=input_grad)
     accumulate(grads, f"{name}.conv.weight", dw)
     return dx, dh
 
@@ -127,4 +132,4 @@ def backbone_backward(dfeats: list[Array], cache: BackboneCache | ResNetCache, g
         for j in reversed(range(len(cache.blocks[i]))):
             dx_in, dskip = _conv_unit_backward(dx, cache.blocks[i][j], grads, f"{name}.blocks.{j}")
             dx = dx_in + dskip
-        dx, _ = _conv_unit_backward(dx, cache.stages[i], grads, name)
+        dx, _ = _conv_unit_backward(dx, cache.stages[i], grads, name, input_grad=i > 0)

@@ -167,6 +167,7 @@ class MiniDETR:
         rng: Rng | None = None,
         denoising: DenoisingQueries | None = None,
         detached: dict | None = None,
+        dn_content: Array | None = None,
     ) -> tuple[SetOutputs, MiniDETRCache]:
         """The predictions for images (B, 3, H, W), and the cache for :meth:`backward`.
 
@@ -179,7 +180,10 @@ class MiniDETR:
         dropout when ``train`` and ``dropout > 0``. ``detached`` (an earlier
         ``cache.detached``) holds the detached values fixed, so that the outputs are a
         smooth function of the parameters (for gradient checks), as the criterion's
-        ``matches`` does for the matching.
+        ``matches`` does for the matching. ``dn_content`` (B, Qdn, D), with ``denoising``, is
+        added to the denoising queries' content (their label embedding): what a caller feeds
+        those slots beyond a class, e.g. a track's previous decoder embedding (TrackFormer);
+        :meth:`backward_dn_content` returns its gradient.
         """
         cfg = self.config
         check_params(params, self.param_shapes)
@@ -223,10 +227,18 @@ class MiniDETR:
                 ref_unsig = xp.broadcast_to(z, (b, q, 2))
 
         mask, emb, qdn = None, None, 0
+        if dn_content is not None and denoising is None:
+            raise ValueError("dn_content needs denoising: it is the content of those queries")
         if denoising is not None:
             check_denoising(denoising, cfg, b)
             qdn = int(denoising.labels.shape[1])
             dn_tgt, emb = embedding_forward(denoising.labels, params["query.label_embed"])
+            if dn_content is not None:
+                if tuple(dn_content.shape) != (b, qdn, d):
+                    raise ValueError(
+                        f"dn_content must have shape {(b, qdn, d)}, got {tuple(dn_content.shape)}"
+                    )
+                dn_tgt = dn_tgt + xp.astype(dn_content, dn_tgt.dtype)  # (B, Qdn, D)
             dn_ref = inverse_sigmoid(xp.astype(denoising.boxes, images.dtype))  # (B, Qdn, 4)
             tgt = xp.concat([dn_tgt, tgt], axis=1)  # (B, Qdn + Q, D)
             ref_unsig = xp.concat([dn_ref, ref_unsig], axis=1)
@@ -249,6 +261,11 @@ class MiniDETR:
         cache = MiniDETRCache(bb, tk, enc, ts, emb, dec, qdn, ref_lin, pq)
         return SetOutputs(groups), cache
 
+    def query_embeddings(self, cache: MiniDETRCache) -> Array:
+        """What the heads of the last decoder layer read, per query: (B, Qdn + Q, D), the
+        denoising (or track) slots first. TrackFormer's track queries are made of these."""
+        return cache.decoder.steps[-1].heads.cls.x
+
     def offset_penalty(self, cache: MiniDETRCache) -> Array | None:
         """R, the offset L2 penalty of ``cache``'s forward (0-d; None when offset_l2 is 0)."""
         return offset_penalty(cache.encoder, cache.decoder.steps)
@@ -263,6 +280,13 @@ class MiniDETR:
         (a loss that does not read it). With ``config.offset_l2`` > 0 the gradient of
         :meth:`offset_penalty` is added: the result is d(loss + R)/dparams.
         """
+        return self.backward_dn_content(output_grads, cache)[0]
+
+    def backward_dn_content(
+        self, output_grads: SetOutputs | dict, cache: MiniDETRCache
+    ) -> tuple[dict, Array | None]:
+        """(:meth:`backward`'s gradients, dLoss/d``dn_content`` (B, Qdn, D) or None without
+        denoising queries)."""
         if not isinstance(output_grads, (SetOutputs, dict)):
             raise TypeError(
                 f"output_grads must be SetOutputs or a dict, got {type(output_grads).__name__}"
@@ -300,10 +324,11 @@ class MiniDETR:
         dfeats = tokens_backward(dsrc, dpos, cache.tokens, grads)
         backbone_backward(dfeats, cache.backbone, grads)
         like = dtgt
-        return {
+        full = {
             k: grads[k] if k in grads else xp.zeros(s, dtype=like.dtype, device=like.device)
             for k, s in self.param_shapes.items()
         }
+        return full, dtgt[:, :qdn, :] if qdn else None
 
     def _layer_grads(self, output_grads: SetOutputs, cache: MiniDETRCache) -> list[tuple]:
         """(dlogits, dboxes) per decoder layer over all Qdn + Q queries, zeros where absent."""

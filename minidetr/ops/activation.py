@@ -1,10 +1,15 @@
-"""Pointwise nonlinearities and dropout."""
+"""Pointwise nonlinearities and dropout.
+
+The ReLU runs as a Numba loop (``minidetr.kernels.relu_cpu``) on NumPy float arrays.
+"""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from minidetr.backend import Array, Rng, namespace
+import numpy as np
+
+from minidetr.backend import Array, Rng, compiled_kernel, device, namespace
 from minidetr.checks import check_floating
 
 
@@ -15,15 +20,29 @@ class ReluCache(NamedTuple):
 def relu_forward(x: Array) -> tuple[Array, ReluCache]:
     """y = max(x, 0); a NaN stays NaN (as in PyTorch) so that a broken input is not hidden."""
     check_floating(x, "x")
+    if compiled_kernel(x) == "numba":  # one pass: kernels.relu_cpu
+        from minidetr.kernels.relu_cpu import relu_forward as kernel
+
+        x = np.ascontiguousarray(x)
+        y, positive = np.empty_like(x), np.empty(x.shape, dtype=bool)
+        kernel(x.reshape(-1), y.reshape(-1), positive.reshape(-1))
+        return y, ReluCache(positive)
     xp = namespace(x)
-    y = xp.where(x < 0, xp.zeros_like(x), x)
+    y = xp.maximum(x, xp.zeros((), dtype=x.dtype, device=device(x)))  # NaN propagates
     return y, ReluCache(x > 0)
 
 
 def relu_backward(dy: Array, cache: ReluCache) -> tuple[Array]:
     """dx = dy where x > 0, else 0 (the subgradient 0 is taken at x = 0)."""
+    if compiled_kernel(dy) == "numba" and dy.shape == cache.positive.shape:
+        from minidetr.kernels.relu_cpu import relu_backward as kernel
+
+        dy, positive = np.ascontiguousarray(dy), np.ascontiguousarray(cache.positive)
+        dx = np.empty_like(dy)
+        kernel(dy.reshape(-1), positive.reshape(-1), dx.reshape(-1))
+        return (dx,)
     xp = namespace(dy)
-    return (xp.where(cache.positive, dy, xp.zeros_like(dy)),)
+    return (xp.where(cache.positive, dy, xp.zeros((), dtype=dy.dtype, device=device(dy))),)
 
 
 class SigmoidCache(NamedTuple):

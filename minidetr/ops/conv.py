@@ -65,8 +65,8 @@ def _col2im(
 ) -> Array:
     """Adjoint of :func:`_im2col`: add each column entry back onto its pixel, (B, C, H, W)."""
     b, c, h, w = x_shape
-    if _compiled(dcols):
-        return col2im(np.ascontiguousarray(dcols), b, c, h, w, k, stride, padding, wo)
+    if _compiled(dcols):  # the kernel reads (B*Ho*Wo, C*K*K): free when dcols is its .T view
+        return col2im(np.ascontiguousarray(dcols.T), b, c, h, w, k, stride, padding, wo)
     xp = namespace(dcols)
     ho = dcols.shape[1] // (b * wo)
     dcols = xp.reshape(dcols, (c, k * k, b, ho, wo))
@@ -114,15 +114,28 @@ def conv2d_forward(
     return y, Conv2dCache(cols, weight, (b, c, h, w), stride, padding, bias is not None)
 
 
-def conv2d_backward(dy: Array, cache: Conv2dCache) -> tuple[Array, Array, Array | None]:
-    """Gradients (dx, dweight, dbias): col2im adds each patch gradient back onto its pixels."""
+def conv2d_backward(
+    dy: Array, cache: Conv2dCache, *, input_grad: bool = True
+) -> tuple[Array | None, Array, Array | None]:
+    """Gradients (dx, dweight, dbias): col2im adds each patch gradient back onto its pixels.
+
+    ``input_grad=False`` skips dx (returned as None): a network's first convolution reads
+    the images, whose gradient nobody needs, and dx is half of the backward's work.
+    """
     xp = namespace(dy)
     b, c, h, w = cache.x_shape
     o, _, k, _ = cache.weight.shape
     ho, wo = dy.shape[2], dy.shape[3]
     dy2 = xp.reshape(xp.permute_dims(dy, (1, 0, 2, 3)), (o, b * ho * wo))  # (O, B*Ho*Wo)
-    dweight = xp.reshape(xp.matmul(dy2, cache.cols.mT), (o, c, k, k))
+    # dW = dy2 cols^T, taken as (cols dy2^T)^T: the same sums, and BLAS runs the long
+    # B*Ho*Wo contraction 10 to 35% faster in this orientation on the backbone's shapes
+    dweight = xp.reshape(xp.matmul(cache.cols, dy2.mT).mT, (o, c, k, k))  # (O, C, K, K)
+    if _compiled(dweight):
+        dweight = np.ascontiguousarray(dweight)  # a strided view until here; AdamW reads it flat
     dbias = xp.sum(dy2, axis=1) if cache.has_bias else None
-    dcols = xp.matmul(xp.reshape(cache.weight, (o, c * k * k)).mT, dy2)  # (C*K*K, B*Ho*Wo)
+    if not input_grad:
+        return None, dweight, dbias
+    # dcols = W^T dy2 (C*K*K, B*Ho*Wo), taken as (dy2^T W)^T: BLAS runs it 5 to 30% faster
+    dcols = xp.matmul(dy2.mT, xp.reshape(cache.weight, (o, c * k * k))).mT
     dx = _col2im(dcols, cache.x_shape, k, cache.stride, cache.padding, wo)  # (B, C, H, W)
     return dx, dweight, dbias

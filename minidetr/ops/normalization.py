@@ -6,7 +6,8 @@ dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) over the same axes
 
 ``groupnorm_relu_forward`` / ``_backward`` are the backbone's relu(skip + GN(x)) as one
 op: the plain composition of the ops above, which a Numba kernel
-(``minidetr.kernels.groupnorm_cpu``) replaces on NumPy arrays.
+(``minidetr.kernels.groupnorm_cpu``) replaces on NumPy arrays. Layer normalisation
+likewise runs ``minidetr.kernels.layernorm_cpu`` on NumPy arrays of one float dtype.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ class NormCache(NamedTuple):
     xhat: Array  # normalised input, same shape as the grouped view of x
     rstd: Array  # 1 / sqrt(var + eps), reduced axes kept
     gamma: Array
+
+
+def _fused(*arrays: Array | None) -> bool:
+    """A Numba kernel takes these: NumPy arrays of one float dtype (None skipped)."""
+    present = [a for a in arrays if a is not None]
+    return compiled_kernel(*present) == "numba" and len({a.dtype for a in present}) == 1
 
 
 def _normalize(x: Array, axes: tuple[int, ...], eps: float) -> tuple[Array, Array]:
@@ -53,12 +60,31 @@ def layernorm_forward(
     check_ndim(gamma, 1, "gamma", "(D,)")
     check_dim(x, -1, gamma.shape[0], "x", "width of gamma")
     check_dim(beta, 0, gamma.shape[0], "beta", "width of gamma")
+    if _fused(x, gamma, beta) and x.size:
+        from minidetr.kernels.layernorm_cpu import layernorm_forward as kernel
+
+        x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])  # (N, D)
+        y, xhat = np.empty_like(x2), np.empty_like(x2)
+        rstd = np.empty(x2.shape[0], dtype=x.dtype)
+        kernel(x2, gamma, beta, eps, y, xhat, rstd)
+        cache = NormCache(xhat.reshape(x.shape), rstd.reshape(*x.shape[:-1], 1), gamma)
+        return y.reshape(x.shape), cache
     xhat, rstd = _normalize(x, (-1,), eps)  # (N..., D)
     return gamma * xhat + beta, NormCache(xhat, rstd, gamma)
 
 
 def layernorm_backward(dy: Array, cache: NormCache) -> tuple[Array, Array, Array]:
     """Gradients (dx, dgamma, dbeta) of layer normalisation."""
+    if _fused(dy, cache.xhat, cache.gamma) and dy.size:
+        from minidetr.kernels.layernorm_cpu import layernorm_backward as kernel
+
+        d = dy.shape[-1]
+        dy2 = np.ascontiguousarray(dy).reshape(-1, d)  # (N, D)
+        dx = np.empty_like(dy2)
+        dgamma, dbeta = np.zeros(d), np.zeros(d)  # float64 sums
+        xhat = np.ascontiguousarray(cache.xhat).reshape(-1, d)
+        kernel(dy2, xhat, cache.rstd.reshape(-1), cache.gamma, dx, dgamma, dbeta)
+        return dx.reshape(dy.shape), dgamma.astype(dy.dtype), dbeta.astype(dy.dtype)
     xp = namespace(dy)
     lead = tuple(range(dy.ndim - 1))
     dgamma = xp.sum(dy * cache.xhat, axis=lead)
@@ -114,12 +140,6 @@ def groupnorm_backward(dy: Array, cache: NormCache) -> tuple[Array, Array, Array
 class GroupNormReluCache(NamedTuple):
     norm: NormCache  # xhat (B, C, H, W), rstd (B, G, 1, 1, 1), gamma (C,)
     positive: Array  # bool (B, C, H, W): where the ReLU passed its input
-
-
-def _fused(*arrays: Array | None) -> bool:
-    """The Numba kernel takes these: NumPy arrays of one float dtype (None skipped)."""
-    present = [a for a in arrays if a is not None]
-    return compiled_kernel(*present) == "numba" and len({a.dtype for a in present}) == 1
 
 
 def groupnorm_relu_forward(

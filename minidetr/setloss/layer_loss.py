@@ -17,15 +17,13 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from minidetr.backend import Array, asarray, index_add, namespace
-from minidetr.boxes import (
-    box_cxcywh_to_xyxy_backward,
-    box_cxcywh_to_xyxy_forward,
-    paired_generalized_box_iou_backward,
-    paired_generalized_box_iou_forward,
-)
-from minidetr.ops import cross_entropy_backward, cross_entropy_forward
 from minidetr.outputs import Predictions
 from minidetr.setloss.assign import Assignment
+from minidetr.setloss.box_loss import matched_box_loss_backward, matched_box_loss_forward
+from minidetr.setloss.cross_entropy import (
+    weighted_cross_entropy_backward,
+    weighted_cross_entropy_forward,
+)
 from minidetr.setloss.focal import sigmoid_focal_loss_backward, sigmoid_focal_loss_forward
 
 
@@ -35,11 +33,9 @@ class LayerLossCache(NamedTuple):
     logits_shape: tuple[int, ...]  # (B, Q, K)
     assignment: Assignment
     indices: list | None  # the matcher's [(pred_idx, tgt_idx)] per image; None for denoising
-    class_cache: Any  # CrossEntropyCache or SigmoidFocalCache, or None without "labels"
+    class_cache: Any  # a cross-entropy or SigmoidFocalCache, or None without "labels"
     focal: bool
-    diff: Array | None  # (M, 4) b_q - b_t, for the L1 gradient
-    xyxy_cache: Any  # conversion cache of the matched predictions
-    giou_cache: Any  # paired GIoU cache
+    box_cache: Any  # the matched box terms' cache, or None without "boxes"
     weights: tuple[float, float, float]  # weights of loss_ce, loss_bbox, loss_giou
 
 
@@ -60,7 +56,7 @@ def layer_loss_forward(
     bsz, q, k = logits.shape
     focal = options["focal"]
     terms: dict[str, Array] = {}
-    class_cache = diff = xyxy_cache = giou_cache = None
+    class_cache = box_cache = None
     if options["labels"]:
         x = xp.reshape(logits, (bsz * q, k))  # (B*Q, K)
         if a.rows is not None:
@@ -73,26 +69,20 @@ def layer_loss_forward(
             per_entry, class_cache = sigmoid_focal_loss_forward(x, onehot, *focal)  # (R, C)
             terms["loss_ce"] = xp.sum(per_entry) / a.num_boxes
         else:
-            terms["loss_ce"], class_cache = cross_entropy_forward(
+            terms["loss_ce"], class_cache = weighted_cross_entropy_forward(
                 x, a.row_classes, options["class_weight"]
             )
     if options["boxes"]:
         src = xp.take(xp.reshape(boxes, (bsz * q, 4)), a.src, axis=0)  # (M, 4)
-        diff = src - a.tgt_boxes  # (M, 4)
-        terms["loss_bbox"] = xp.sum(xp.abs(diff)) / a.num_boxes
-        src_xyxy, xyxy_cache = box_cxcywh_to_xyxy_forward(src)
-        tgt_xyxy, _ = box_cxcywh_to_xyxy_forward(a.tgt_boxes)
-        giou, giou_cache = paired_generalized_box_iou_forward(src_xyxy, tgt_xyxy)  # (M,)
-        terms["loss_giou"] = xp.sum(1.0 - giou) / a.num_boxes
+        box_terms, box_cache = matched_box_loss_forward(src, a.tgt_boxes, a.num_boxes)
+        terms["loss_bbox"], terms["loss_giou"] = box_terms
     cache = LayerLossCache(
         tuple(logits.shape),
         a,
         indices,
         class_cache,
         focal is not None,
-        diff,
-        xyxy_cache,
-        giou_cache,
+        box_cache,
         weights,
     )
     return terms, cache
@@ -105,20 +95,22 @@ def layer_loss_backward(c: LayerLossCache) -> Predictions:
     bsz, q, k = c.logits_shape
     w_ce, w_bbox, w_giou = c.weights
     dtype, dev = a.tgt_boxes.dtype, a.tgt_boxes.device
-    dlogits = xp.zeros((bsz * q, k), dtype=dtype, device=dev)  # (B*Q, K)
+    dlogits = None  # (B*Q, K)
     if c.class_cache is not None:
         if c.focal:
             dout = xp.full(c.class_cache.p.shape, w_ce / a.num_boxes, dtype=dtype, device=dev)
             dx = sigmoid_focal_loss_backward(dout, c.class_cache)[0]
         else:
-            dx = cross_entropy_backward(xp.asarray(w_ce, dtype=dtype, device=dev), c.class_cache)[0]
-        dlogits = dx if a.rows is None else index_add(dlogits, a.rows, dx)
+            dloss = xp.asarray(w_ce, dtype=dtype, device=dev)
+            dx = weighted_cross_entropy_backward(dloss, c.class_cache)[0]
+        if a.rows is not None:  # only the scored rows have a gradient
+            dx = index_add(xp.zeros((bsz * q, k), dtype=dtype, device=dev), a.rows, dx)
+        dlogits = dx
+    if dlogits is None:
+        dlogits = xp.zeros((bsz * q, k), dtype=dtype, device=dev)
     dboxes = xp.zeros((bsz * q, 4), dtype=dtype, device=dev)  # (B*Q, 4)
-    if c.diff is not None and c.diff.shape[0] > 0:
-        dsrc = (w_bbox / a.num_boxes) * xp.sign(c.diff)  # d|x|/dx = sign(x), 0 at 0
-        dgiou = xp.full((c.diff.shape[0],), -w_giou / a.num_boxes, dtype=dtype, device=dev)
-        dsrc_xyxy, _ = paired_generalized_box_iou_backward(dgiou, c.giou_cache)
-        dsrc = dsrc + box_cxcywh_to_xyxy_backward(dsrc_xyxy, c.xyxy_cache)[0]  # (M, 4)
+    if c.box_cache is not None and a.src.shape[0] > 0:
+        dsrc = matched_box_loss_backward(w_bbox, w_giou, c.box_cache)  # (M, 4)
         dboxes = index_add(dboxes, a.src, dsrc)
     return Predictions(xp.reshape(dlogits, (bsz, q, k)), xp.reshape(dboxes, (bsz, q, 4)))
 

@@ -13,7 +13,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minidetr.backend import Array, namespace, to_numpy
+from minidetr.backend import Array, compiled_kernel, namespace, to_numpy
+from minidetr.kernels.optim_cpu import adamw_update, scaled_sum_of_squares
 
 Params = dict[str, Array]
 
@@ -51,7 +52,8 @@ def adamw_step(
     """theta <- theta - lr (m_hat / (sqrt(v_hat) + eps) + wd theta), PyTorch's AdamW.
 
     ``lr`` is one rate, or one per parameter name (for a slower backbone).
-    Returns new dicts; the inputs are left untouched.
+    Returns new dicts; the inputs are left untouched. NumPy arrays of one float dtype
+    take the one-pass loop ``kernels.optim_cpu.adamw_update``, with the same results.
     """
     missing = params.keys() - grads.keys()
     if missing:
@@ -61,15 +63,40 @@ def adamw_step(
     c1, c2 = 1.0 - b1**t, 1.0 - b2**t
     new_params, new_m, new_v = {}, {}, {}
     for name, p in params.items():
-        xp = namespace(p)
         g = grads[name]
+        rate = lr[name] if isinstance(lr, dict) else lr
+        if _fused(p, g, state.m[name], state.v[name]):
+            consts = (b1, 1.0 - b1, b2, 1.0 - b2, c1, c2, cfg.eps, 1.0 - rate * cfg.weight_decay)
+            new_params[name], new_m[name], new_v[name] = _adamw_kernel(
+                p, g, state.m[name], state.v[name], np.array((*consts, rate), dtype=p.dtype)
+            )
+            continue
+        xp = namespace(p)
         m = b1 * state.m[name] + (1.0 - b1) * g
         v = b2 * state.v[name] + (1.0 - b2) * (g * g)
-        rate = lr[name] if isinstance(lr, dict) else lr
         update = (m / c1) / (xp.sqrt(v / c2) + cfg.eps)
         new_params[name] = p * (1.0 - rate * cfg.weight_decay) - rate * update
         new_m[name], new_v[name] = m, v
     return new_params, AdamWState(t, new_m, new_v)
+
+
+def _fused(*arrays: Array) -> bool:
+    """Whether the Numba loops take ``arrays``: NumPy arrays of one float dtype and shape."""
+    first = arrays[0]
+    return compiled_kernel(first) == "numba" and all(
+        type(a) is type(first) and a.dtype == first.dtype and a.shape == first.shape
+        for a in arrays[1:]
+    )
+
+
+def _adamw_kernel(
+    p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, consts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(p', m', v') of one parameter by ``adamw_update``, in new arrays shaped like ``p``."""
+    outs = [np.empty(p.shape, dtype=p.dtype) for _ in range(3)]
+    flat = [a.reshape(-1) for a in (p, g, m, v)]  # views when C-contiguous, else copies
+    adamw_update(*flat, *(o.reshape(-1) for o in outs), consts)
+    return outs[0], outs[1], outs[2]
 
 
 def global_norm(grads: Params) -> float:
@@ -79,23 +106,33 @@ def global_norm(grads: Params) -> float:
     s_k of its scaled entries is at most its size; the norm is then
     A sqrt(sum_k (a_k / A)^2 s_k) with A = max_k a_k, in float64 on the host. Squaring
     in float32 instead overflows to inf once entries pass 1.8e19, while every entry is
-    still finite. The result is non-finite exactly when some entry is.
+    still finite. The result is non-finite exactly when some entry is. On NumPy
+    arrays ``kernels.optim_cpu.scaled_sum_of_squares`` gives each (a_k, s_k) with
+    the same meaning (a_k^2 s_k is the sum of squares), usually a_k = 1 in one pass.
     """
     peaks, sums = [], []
+    host = []  # (a_k, s_k) from the Numba loop
     for g in grads.values():
-        xp = namespace(g)
         if g.size == 0:
             continue
+        if _fused(g):
+            host.append(scaled_sum_of_squares(g.reshape(-1)))
+            continue
+        xp = namespace(g)
         peak = xp.max(xp.abs(g))  # a_k, 0-d on the device
         usable = xp.isfinite(peak) & (peak > 0)  # else divide by 1: no 0 / 0 nor inf / inf
         safe = xp.where(usable, peak, xp.ones_like(peak))
         peaks.append(xp.astype(peak, g.dtype))
         sums.append(xp.sum((g / safe) * (g / safe)))  # s_k <= g.size
-    if not peaks:
+    if not peaks and not host:
         return 0.0
-    xp = namespace(*peaks)
-    a = to_numpy(xp.stack([xp.astype(p, xp.float64) for p in peaks])).astype(np.float64)
-    s = to_numpy(xp.stack([xp.astype(q, xp.float64) for q in sums])).astype(np.float64)
+    a = np.array([h[0] for h in host], dtype=np.float64)
+    s = np.array([h[1] for h in host], dtype=np.float64)
+    if peaks:
+        xp = namespace(*peaks)
+        a_dev = to_numpy(xp.stack([xp.astype(p, xp.float64) for p in peaks])).astype(np.float64)
+        s_dev = to_numpy(xp.stack([xp.astype(q, xp.float64) for q in sums])).astype(np.float64)
+        a, s = np.concatenate([a, a_dev]), np.concatenate([s, s_dev])
     with np.errstate(invalid="ignore", over="ignore"):
         top = float(np.max(a))  # the sum is taken relative to the largest entry, too
         if not 0.0 < top < math.inf:

@@ -68,9 +68,7 @@ def load_tracker(checkpoint: str | Path, like: Array) -> TrackRun:
     except TypeError as err:
         raise ValueError(f"{checkpoint}: unreadable track_config ({err})") from err
     tr = TrackRun(cfg, like)
-    tr.run.model.check_params(ck.params)
-    tr.run.params, tr.run.step = ck.params, int(ck.meta["step"])
-    tr.run.history = list(ck.meta.get("history", []))
+    tr.set_state(ck.params, ck.opt_state, ck.meta)
     return tr
 
 
@@ -106,8 +104,9 @@ def write_tracks(
         ids = list(range(first, min(first + batch, first_clip + n)))
         frames = [val.clip(i)["frames"] for i in ids]
         results = track_clips(
-            tr.run.model, tr.run.params, frames, tr.like, tracker, track_queries=use_tq
-        )
+            tr.run.model, tr.run.params, frames, tr.like, tracker, track_queries=use_tq,
+            content=tr.content,
+        )  # fmt: skip
         for i, result in zip(ids, results):
             folder = out / f"clip{i:03d}"
             folder.mkdir(exist_ok=True)
@@ -130,6 +129,7 @@ def write_tracks(
         "clips": n,
         "frames_per_clip": val.frames,
         "tracker": "track queries" if use_tq else "per-frame detection + IoU association",
+        "track_content": _describe(tr.cfg) if use_tq else None,
         "tracker_config": asdict(TrackerConfig() if tracker is None else tracker),
         "tracking_seconds": round(seconds, 1),
         "checkpoint_step": tr.step,
@@ -138,6 +138,19 @@ def write_tracks(
     }  # fmt: skip
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def _describe(cfg: TrackTrainConfig) -> str:
+    """What the track queries carry, in words."""
+    if cfg.track_embedding == "none":
+        return "class embedding"
+    words = ["class embedding + decoder embedding" if cfg.track_embedding == "add"
+             else "decoder embedding"]  # fmt: skip
+    if cfg.aggregation_window:
+        words.append(f"aggregation of {cfg.aggregation_window} past embeddings")
+    if cfg.memory_size:
+        words.append(f"memory bank of {cfg.memory_size} ({cfg.memory_policy})")
+    return ", ".join(words)
 
 
 def _finite(v: float) -> float | None:

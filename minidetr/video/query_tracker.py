@@ -11,6 +11,9 @@ Q object queries.
 * an object query scoring at least ``new_score`` starts a new track, unless its box overlaps a
   box already given out in this frame by ``duplicate_iou`` or more.
 
+With a ``content`` whose mode is not "none", a track query also carries the decoder embedding
+its track was last seen with (TrackFormer), read with the track's window and memory bank
+(:mod:`minidetr.video.track_content`); each track keeps its history on the host.
 Without (the baseline) the model sees each frame alone and :class:`IoUTracker` links the boxes.
 Returns, per clip and frame, the tracks seen: {"track_ids", "boxes", "scores", "labels"}.
 """
@@ -24,7 +27,11 @@ import numpy as np
 from minidetr.backend import Array, asarray, to_numpy
 from minidetr.outputs import DN
 from minidetr.video.association import IoUTracker, TrackerConfig, iou_links, query_detections
+from minidetr.video.track_content import ContentSpec, slot_content_forward
+from minidetr.video.track_history import HistoryConfig, TrackHistory
 from minidetr.video.track_queries import decoder_queries, make_track_queries
+
+LIVE = ("ids", "labels", "boxes", "misses", "history")
 
 
 class _Live:
@@ -35,6 +42,7 @@ class _Live:
         self.labels: list[int] = []
         self.boxes: list[np.ndarray] = []
         self.misses: list[int] = []
+        self.history: list[TrackHistory] = []
         self.next_id = 0
 
 
@@ -47,7 +55,7 @@ def _frame_result(ids, boxes, scores, labels) -> dict:
     }
 
 
-def _new_tracks(live: _Live, out: dict, scores, labels, boxes, cfg: TrackerConfig) -> None:
+def _new_tracks(live: _Live, out: dict, scores, labels, boxes, emb, spec, cfg) -> None:
     """Start tracks from object-query detections that no box of this frame already covers."""
     for q in np.argsort(-scores, kind="stable"):
         if scores[q] < cfg.new_score:
@@ -55,9 +63,11 @@ def _new_tracks(live: _Live, out: dict, scores, labels, boxes, cfg: TrackerConfi
         taken = np.asarray(out["boxes"], dtype=np.float64).reshape(-1, 4)
         if iou_links(taken, boxes[q : q + 1], cfg.duplicate_iou):
             continue
-        for key, value in (("ids", live.next_id), ("labels", int(labels[q])), ("misses", 0)):
+        history = TrackHistory(spec.history)
+        if spec.mode != "none":
+            history.observe(emb[q], scores[q])
+        for key, value in zip(LIVE, (live.next_id, int(labels[q]), boxes[q], 0, history)):
             getattr(live, key).append(value)
-        live.boxes.append(boxes[q])
         out["boxes"].append(boxes[q])
         for key, value in zip(
             ("track_ids", "scores", "labels"), (live.next_id, scores[q], labels[q])
@@ -66,12 +76,14 @@ def _new_tracks(live: _Live, out: dict, scores, labels, boxes, cfg: TrackerConfi
         live.next_id += 1
 
 
-def _continue_tracks(live: _Live, out: dict, scores, labels, boxes, cfg: TrackerConfig) -> None:
+def _continue_tracks(live: _Live, out: dict, scores, boxes, emb, cfg: TrackerConfig) -> None:
     """Update each live track from its track query (slot j = track j)."""
     keep = []
     for j in range(len(live.ids)):
         if scores[j] >= cfg.keep_score:
             live.boxes[j], live.misses[j] = boxes[j], 0
+            if emb is not None:
+                live.history[j].observe(emb[j], scores[j])
             for key, value in zip(
                 ("track_ids", "boxes", "scores", "labels"),
                 (live.ids[j], boxes[j], scores[j], live.labels[j]),
@@ -80,7 +92,7 @@ def _continue_tracks(live: _Live, out: dict, scores, labels, boxes, cfg: Tracker
         else:
             live.misses[j] += 1
         keep.append(live.misses[j] <= cfg.patience)
-    for key in ("ids", "labels", "boxes", "misses"):
+    for key in LIVE:
         setattr(live, key, [v for v, k in zip(getattr(live, key), keep) if k])
 
 
@@ -92,9 +104,13 @@ def track_clips(
     config: TrackerConfig | None = None,
     *,
     track_queries: bool = True,
+    content: ContentSpec | None = None,
 ) -> list[list[dict]]:
-    """Track every clip of ``clips`` (each (T, 3, H, W)); see the module docstring."""
+    """Track every clip of ``clips`` (each (T, 3, H, W)); see the module docstring.
+    ``content`` (default: class embeddings only) says what the track queries carry."""
     cfg = TrackerConfig() if config is None else config
+    spec = ContentSpec("none", {}, HistoryConfig(), 1) if content is None else content
+    embed = spec.mode != "none"
     focal, c = model.config.focal, model.config.num_classes
     b, frames = len(clips), min(len(x) for x in clips)
     live = [_Live() for _ in range(b)]
@@ -107,13 +123,20 @@ def track_clips(
             tq = make_track_queries(
                 [(np.asarray(s.ids), np.asarray(s.labels), np.asarray(s.boxes)) for s in live], c
             )
-        dn = (
-            None
-            if tq is None or tq.count == 0
-            else decoder_queries(tq, model.config.num_queries, like)
+            if spec.mode == "replace":  # the class is not given: the padding row for all
+                tq = tq._replace(labels=np.full_like(tq.labels, c))
+        dn = dn_content = None
+        if tq is not None and tq.count:
+            dn = decoder_queries(tq, model.config.num_queries, like)
+            if embed:
+                hist = [h for s in live for h in s.history]
+                dn_content, _ = slot_content_forward(hist, tq.ids != -1, spec, like)
+        outputs, cache = model.forward(
+            params, images, train=False, denoising=dn, dn_content=dn_content
         )
-        outputs, _ = model.forward(params, images, train=False, denoising=dn)
         logits, boxes = to_numpy(outputs.pred_logits), to_numpy(outputs.pred_boxes)
+        emb = to_numpy(model.query_embeddings(cache)).astype(np.float64) if embed else None
+        qdn = 0 if dn is None else tq.count  # track slots come first in the embeddings
         if dn is not None:
             last = outputs.group(DN).layers[-1]
             t_logits, t_boxes = to_numpy(last.logits), to_numpy(last.boxes)
@@ -127,10 +150,12 @@ def track_clips(
             if dn is not None and live[i].ids:
                 n = len(live[i].ids)
                 t_scores, _ = query_detections(t_logits[i, :n], focal)
+                t_emb = None if emb is None else emb[i, :n]
                 _continue_tracks(
-                    live[i], out, t_scores, None, t_boxes[i, :n].astype(np.float64), cfg
+                    live[i], out, t_scores, t_boxes[i, :n].astype(np.float64), t_emb, cfg
                 )
-            _new_tracks(live[i], out, scores, labels, box, cfg)
+            q_emb = None if emb is None else emb[i, qdn:]
+            _new_tracks(live[i], out, scores, labels, box, q_emb, spec, cfg)
             results[i].append(
                 _frame_result(out["track_ids"], out["boxes"], out["scores"], out["labels"])
             )

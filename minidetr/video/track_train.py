@@ -16,6 +16,12 @@ consecutive frames (TrackFormer's recipe), one step:
    queries against the objects no track query holds, by Hungarian matching;
 4. optionally the velocity consistency loss ties each track's move t -> t + 1 to the truth's.
 
+With ``track_embedding`` "add" or "replace" a track query also carries the decoder embedding
+that found its object in frame t (TrackFormer), added to or in place of its class embedding,
+optionally read with the track's past (``aggregation_window``, ``memory_size``): frames
+t - ``history_frames`` .. t then run without gradient (:mod:`minidetr.video.embedding_queries`)
+and the reads (:mod:`minidetr.video.track_content`) train with the model.
+
 Every random choice of step s comes from a generator seeded with (seed, s), as in still
 training. Shapes: B pairs, Qt track queries, Q object queries.
 """
@@ -36,11 +42,21 @@ from minidetr.train.divergence import (
     check_loss,
     learning_rate_cause,
 )
-from minidetr.train.loop import Run, TrainConfig, _is_backbone
-from minidetr.train.optim import adamw_step, clip_grad_norm, learning_rate
+from minidetr.train.loop import Run, RunState, TrainConfig, _is_backbone
+from minidetr.train.optim import AdamWState, adamw_init, adamw_step, clip_grad_norm, learning_rate
 from minidetr.video.association import assign_track_queries
+from minidetr.video.chained_queries import chained_track_queries
 from minidetr.video.consistency import velocity_consistency_backward, velocity_consistency_forward
+from minidetr.video.embedding_queries import embedding_track_queries
 from minidetr.video.frames import MovingShapesFrames
+from minidetr.video.track_content import (
+    MODES,
+    ContentSpec,
+    init_track_content_params,
+    slot_content_backward,
+    slot_content_forward,
+)
+from minidetr.video.track_history import HistoryConfig
 from minidetr.video.track_queries import (
     IdentityMatcher,
     decoder_queries,
@@ -48,6 +64,8 @@ from minidetr.video.track_queries import (
     merge_grads,
     split_outputs,
 )
+
+TRACK = "track."  # checkpoint prefix of the reads' parameters
 
 
 @dataclass(frozen=True)
@@ -67,6 +85,12 @@ class TrackTrainConfig:
     stale_track: float = 0.1  # false-positive augmentation
     consistency_weight: float = 0.0  # weight of the velocity consistency loss (0: off)
     checkpoint_every: int = 100
+    track_embedding: str = "none"  # track-query content: class only, "add" / "replace" e_t
+    aggregation_window: int = 0  # each track's earlier embeddings it aggregates (0: off)
+    memory_size: int = 0  # slots of each track's memory bank, read by attention (0: off)
+    memory_policy: str = "score"  # the bank's forgetting: "fifo" or "score"
+    history_frames: int = 2  # training: frames before t run without gradient for the reads
+    chain: bool = False  # training: frames before t are tracked with track queries, not detected
 
     def __post_init__(self) -> None:
         for name in ("detect_steps", "track_steps", "checkpoint_every"):
@@ -77,6 +101,22 @@ class TrackTrainConfig:
         for name in ("drop_track", "stale_track"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.track_embedding not in MODES:
+            raise ValueError(f"track_embedding must be one of {MODES}, got {self.track_embedding}")
+        for name in ("aggregation_window", "memory_size", "history_frames"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
+        if self.track_embedding == "none" and (self.aggregation_window or self.memory_size):
+            raise ValueError("aggregation_window and memory_size read past embeddings: "
+                             "they need track_embedding 'add' or 'replace'")  # fmt: skip
+        if self.chain and self.track_embedding == "none":
+            raise ValueError("chain tracks with embeddings: it needs track_embedding 'add' or "
+                             "'replace'")  # fmt: skip
+        HistoryConfig(self.memory_size, self.aggregation_window, self.memory_policy)
+
+    @property
+    def history(self) -> HistoryConfig:
+        return HistoryConfig(self.memory_size, self.aggregation_window, self.memory_policy)
 
     @property
     def steps(self) -> int:
@@ -99,6 +139,17 @@ class TrackRun:
         )
         self.run.val_set = MovingShapesFrames("val", cfg.val_clips, cfg.frames, size, cfg.seed)
         self.like = like
+        d = self.run.model.config.d_model
+        self.track_params = init_track_content_params(
+            d, memory=cfg.memory_size > 0, window=cfg.aggregation_window, like=like, seed=cfg.seed
+        )  # the reads of the track's past: trained by the tracking stage only
+        self.track_opt = adamw_init(self.track_params)
+
+    @property
+    def content(self) -> ContentSpec:
+        """How this run's track queries are made (for the tracker)."""
+        heads = self.run.model.config.num_heads
+        return ContentSpec(self.cfg.track_embedding, self.track_params, self.cfg.history, heads)
 
     @property
     def step(self) -> int:
@@ -141,15 +192,25 @@ class TrackRun:
         clip_idx = gen.integers(len(run.train_set.clips), size=cfg.batch_size)
         t_idx = gen.integers(cfg.frames - 1, size=cfg.batch_size)
         pairs = [run.train_set.frame_pair(int(c), int(t)) for c, t in zip(clip_idx, t_idx)]
-        images_t = asarray(np.stack([p[0] for p in pairs]), like=like, dtype=like.dtype)
-        prev, _ = model.forward(run.params, images_t, train=False)
-        tq = self._track_queries(gen, pairs, prev)
+        content = ccache = None
+        if cfg.track_embedding == "none":
+            images_t = asarray(np.stack([p[0] for p in pairs]), like=like, dtype=like.dtype)
+            prev, _ = model.forward(run.params, images_t, train=False)
+            tq = self._track_queries(gen, pairs, prev)
+        else:
+            clips = [run.train_set.clip(int(c)) for c in clip_idx]
+            if cfg.chain:  # frame t's embeddings come from track queries, as at inference
+                tq, hist = chained_track_queries(run, gen, cfg, self.content, clips, list(t_idx))
+            else:
+                tq, hist = embedding_track_queries(run, gen, cfg, cfg.history, clips, list(t_idx))
+            if tq.count:
+                content, ccache = slot_content_forward(hist, tq.ids != -1, self.content, like)
         images_u = asarray(np.stack([p[2] for p in pairs]), like=like, dtype=like.dtype)
         dn = decoder_queries(tq, model.config.num_queries, like) if tq.count else None
         targets, untracked, query_target = self._targets(pairs, tq)
         try:
             outputs, cache = model.forward(
-                run.params, images_u, train=True, rng=Rng(gen), denoising=dn
+                run.params, images_u, train=True, rng=Rng(gen), denoising=dn, dn_content=content
             )
             main, track = split_outputs(outputs)
             losses, c_main = run.criterion.forward(main, untracked)  # Hungarian: the rest
@@ -168,7 +229,11 @@ class TrackRun:
             raise TrainingError(run.step, str(err), learning_rate_cause(cfg.lr, True)) from err
         check_loss(run.step, {"loss": loss}, run.history, cfg.lr)
         grads_out = merge_grads(run.criterion.backward(c_main), dtrack)
-        return self._apply(model.backward(grads_out, cache), loss)
+        grads, dcontent = model.backward_dn_content(grads_out, cache)
+        track_grads = {k: namespace(v).zeros_like(v) for k, v in self.track_params.items()}
+        if ccache is not None:
+            track_grads.update(slot_content_backward(dcontent, ccache))
+        return self._apply(grads, track_grads, loss)
 
     def _targets(self, pairs: list, tq) -> tuple[list, list, list]:
         """Frame t + 1's targets, those no track query holds, and each track query's target."""
@@ -210,20 +275,60 @@ class TrackRun:
         layers[-1] = Predictions(last.logits, dpred if last.boxes is None else last.boxes + dpred)
         return w * float(value), SetOutputs({MAIN: QueryGroup(tuple(layers))})
 
-    def _apply(self, grads: dict, loss: float) -> dict[str, float]:
+    def _apply(self, grads: dict, track_grads: dict, loss: float) -> dict[str, float]:
+        """One AdamW step of the model and of the reads, clipped by their joint norm."""
         run, cfg = self.run, self.run.cfg
-        grads, norm = clip_grad_norm(grads, cfg.clip_norm)
-        check_gradients(run.step, grads, norm, run.history, cfg.lr)
+        joint = {**grads, **{TRACK + k: g for k, g in track_grads.items()}}
+        joint, norm = clip_grad_norm(joint, cfg.clip_norm)
+        check_gradients(run.step, joint, norm, run.history, cfg.lr)
         lr = learning_rate(run.step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.final_lr_ratio)
         rates = {k: lr * (cfg.backbone_lr_ratio if _is_backbone(k) else 1.0) for k in run.params}
+        grads = {k: joint[k] for k in grads}
         run.params, run.opt_state = adamw_step(run.params, grads, run.opt_state, run.opt_cfg, rates)
+        if self.track_params:
+            tg = {k: joint[TRACK + k] for k in self.track_params}
+            self.track_params, self.track_opt = adamw_step(
+                self.track_params, tg, self.track_opt, run.opt_cfg, lr
+            )
         run.step += 1
         record = {"step": run.step, "loss": loss, "lr": lr, "grad_norm": norm}
         run.history.append(record)
         return record
 
     def save(self, path) -> None:
-        self.run.save(path, extra={"task": "track", "track_config": asdict(self.cfg)})
+        """The run's checkpoint; the reads' parameters and moments ride along as ``track.*``."""
+        run, opt = self.run, self.run.opt_state
+        tp, to = self.track_params, self.track_opt
+        state = RunState(
+            {**run.params, **{TRACK + k: v for k, v in tp.items()}},
+            AdamWState(
+                opt.step,
+                {**opt.m, **{TRACK + k: v for k, v in to.m.items()}},
+                {**opt.v, **{TRACK + k: v for k, v in to.v.items()}},
+            ),
+            run.step,
+            list(run.history),
+        )
+        extra = {"task": "track", "track_config": asdict(self.cfg), "track_opt_step": to.step}
+        run.save(path, extra=extra, state=state)
+
+    def set_state(self, params: dict, opt_state: AdamWState | None, meta: dict) -> None:
+        """Load a checkpoint's ``params`` (and ``opt_state``): the model's and the reads'."""
+        run = self.run
+        run.params = {k: v for k, v in params.items() if not k.startswith(TRACK)}
+        run.model.check_params(run.params)
+        mine = {k[len(TRACK) :]: v for k, v in params.items() if k.startswith(TRACK)}
+        if mine:  # a detection-stage checkpoint has none: the reads keep their initial values
+            if mine.keys() != self.track_params.keys():
+                raise ValueError(f"track parameters {sorted(mine)} do not fit this config")
+            self.track_params = mine
+        if opt_state is not None:
+            split = [{k: v for k, v in d.items() if not k.startswith(TRACK)} for d in opt_state[1:]]
+            run.opt_state = AdamWState(opt_state.step, *split)
+            if mine:
+                m, v = ({k: d[TRACK + k] for k in mine} for d in opt_state[1:])
+                self.track_opt = AdamWState(int(meta.get("track_opt_step", 0)), m, v)
+        run.step, run.history = int(meta["step"]), list(meta.get("history", []))
 
     def evaluate_detection(self) -> dict[str, float]:
         """COCO AP of the object queries on every held-out frame, one frame at a time."""

@@ -1,0 +1,184 @@
+"""The batch API's bulk path (C-contiguous float64 lists) and general path, against SciPy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy.optimize import linear_sum_assignment as scipy_lsa
+
+import minidetr.assignment.solver as solver
+from minidetr.assignment import (
+    linear_sum_assignment,
+    linear_sum_assignment_batch,
+    linear_sum_assignment_stacked,
+)
+
+
+def total(cost, rows, cols):
+    return float(np.asarray(cost, dtype=np.float64)[rows, cols].sum())
+
+
+def assert_valid(cost, rows, cols):
+    """A valid answer in SciPy's format: min(N, M) distinct pairs, rows sorted."""
+    n, m = np.shape(cost)
+    assert rows.dtype == np.int64 and cols.dtype == np.int64
+    assert rows.shape == cols.shape == (min(n, m),)
+    assert np.all(np.diff(rows) > 0), rows
+    assert len(set(cols.tolist())) == len(cols)
+    assert np.all((0 <= rows) & (rows < n)) and np.all((0 <= cols) & (cols < m))
+    if n <= m:
+        np.testing.assert_array_equal(rows, np.arange(n))
+
+
+def layouts_of(rng):
+    """Every kind of matrix a batch takes: float64 arrays in three layouts (the bulk copy),
+    other dtypes, big-endian bytes, a subclass and a list (the general path), empty ones."""
+    whole = rng.random((12, 30))
+    return [
+        rng.random((7, 4)),  # bulk, by join
+        whole[:, 3:9],  # a strided view: join refuses it, concatenate copies it
+        np.asfortranarray(rng.random((5, 6))),
+        rng.random((6, 3)).astype(np.float32),
+        rng.integers(-5, 5, (4, 4)),
+        rng.random((3, 5)) > 0.5,
+        rng.random((5, 5)).astype(">f8"),  # float64, but not this machine's byte order
+        np.matrix(rng.random((2, 3))),
+        rng.random((3, 3)).tolist(),
+        np.zeros((0, 3)),
+        rng.random((6, 0)),
+    ]
+
+
+def _equal_to_scipy(costs, got, maximize=False):
+    """Exactly SciPy's pairs (for costs whose optimum is unique)."""
+    assert len(got) == len(costs)
+    for cost, (rows, cols) in zip(costs, got):
+        want = scipy_lsa(cost, maximize)
+        np.testing.assert_array_equal(rows, want[0])
+        np.testing.assert_array_equal(cols, want[1])
+        assert rows.dtype == cols.dtype == np.int64
+
+
+def _optimal_and_equal_to_single_calls(costs, got, maximize=False):
+    """SciPy's optimum (ties allowed) and exactly the pairs of one call per matrix."""
+    assert len(got) == len(costs)
+    sign = -1 if maximize else 1
+    for cost, (rows, cols) in zip(costs, got):
+        assert_valid(cost, rows, cols)
+        assert sign * total(cost, rows, cols) == sign * total(cost, *scipy_lsa(cost, maximize))
+        want = linear_sum_assignment(cost, maximize)
+        np.testing.assert_array_equal(rows, want[0])
+        np.testing.assert_array_equal(cols, want[1])
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix
+@pytest.mark.parametrize("maximize", [False, True])
+def test_batch_takes_every_layout_and_dtype_alone_and_mixed(rng, maximize):
+    costs = layouts_of(rng)
+    for cost in costs:  # each alone: the bulk path, or the general one
+        _optimal_and_equal_to_single_calls(
+            [cost], linear_sum_assignment_batch([cost], maximize), maximize
+        )
+    _optimal_and_equal_to_single_calls(
+        costs, linear_sum_assignment_batch(costs, maximize), maximize
+    )
+    _optimal_and_equal_to_single_calls(
+        costs, linear_sum_assignment_batch(tuple(costs), maximize), maximize
+    )
+    _optimal_and_equal_to_single_calls(
+        costs, linear_sum_assignment_batch(iter(costs), maximize), maximize
+    )
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix
+def test_bulk_copy_takes_float64_arrays_in_any_layout_and_nothing_else(rng):
+    fast = [rng.random((7, 4)), rng.random((0, 3)), rng.random((100, 20))]
+    others = layouts_of(rng)
+    for mats in (fast, fast + others[1:3]):  # C-contiguous (join); views, Fortran (concatenate)
+        flat, shapes = solver._pack(mats)
+        np.testing.assert_array_equal(flat, np.concatenate(mats, axis=None))
+        np.testing.assert_array_equal(shapes, [m.shape for m in mats])
+    for odd in others[3:9]:  # float32, integers, bools, big-endian, np.matrix, a list
+        assert solver._pack([fast[0], odd]) is None, odd
+    assert solver._pack([np.ones(3), np.ones((1, 2, 3))]) is None  # 1 + 3 dimensions
+
+
+def test_bulk_copy_leaves_the_caller_matrices_untouched(rng):
+    costs = [rng.random((6, 4)), rng.random((4, 6))]
+    before = [c.copy() for c in costs]
+    for c in costs:
+        c.flags.writeable = False  # read-only inputs are fine too
+    linear_sum_assignment_batch(costs, maximize=True)  # maximising negates a copy
+    for c, b in zip(costs, before):
+        np.testing.assert_array_equal(c, b)
+
+
+@pytest.mark.parametrize("shape", [(100, 20), (100, 21), (9, 6), (9, 7), (3, 1), (40, 39)])
+def test_tall_results_sorted_on_both_sides_of_the_insertion_sort_limit(rng, shape):
+    n, r = shape  # pairs are sorted by insertion while R * R <= 4 N, by a sweep beyond
+    for cost in (rng.random(shape), rng.integers(0, 3, shape).astype(np.float64)):  # ties
+        stacked = np.ascontiguousarray(cost.T)
+        for got in (
+            [linear_sum_assignment(cost)],
+            linear_sum_assignment_batch([cost]),
+            linear_sum_assignment_stacked(stacked, [r]),
+        ):
+            _optimal_and_equal_to_single_calls([cost], got)
+    cost = rng.random(shape)  # a unique optimum: SciPy's very pairs
+    _equal_to_scipy([cost], linear_sum_assignment_batch([cost]))
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 12), st.integers(0, 12), st.sampled_from("CFVL")), max_size=8
+    ),
+    st.integers(0, 2**32 - 1),
+    st.booleans(),
+)
+def test_batch_property_any_layout_equals_scipy(specs, seed, maximize):
+    rng = np.random.default_rng(seed)
+    costs = []
+    for n, m, layout in specs:
+        c = rng.integers(0, 4, (n, m)).astype(np.float64)  # ties test the order rules
+        if layout == "F":
+            c = np.asfortranarray(c)
+        elif layout == "V":  # a strided view
+            c = np.repeat(c, 2, axis=1)[:, ::2]
+        elif layout == "L":
+            c = c.tolist() if n and m else c
+        costs.append(c)
+    got = linear_sum_assignment_batch(costs, maximize)
+    _optimal_and_equal_to_single_calls(costs, got, maximize)
+
+
+@given(
+    st.tuples(st.integers(1, 7), st.integers(1, 7)),
+    st.lists(st.sampled_from([np.nan, -np.inf, np.inf, 0.0]), min_size=1, max_size=12),
+    st.integers(0, 2**32 - 1),
+    st.booleans(),
+)
+def test_special_entries_refused_or_solved_as_scipy_does(shape, specials, seed, maximize):
+    """NaN and wrong-signed infinities anywhere, in any shape: tall and wide matrices are
+    checked after the solver's start has run on them, so it must end and be overruled."""
+    rng = np.random.default_rng(seed)
+    cost = rng.random(shape)
+    cost.flat[rng.integers(0, cost.size, len(specials))] = specials
+    try:
+        want = scipy_lsa(cost, maximize)
+    except ValueError as err:
+        for call in (
+            lambda: linear_sum_assignment(cost, maximize),
+            lambda: linear_sum_assignment_batch([np.ones((2, 3)), cost], maximize),
+        ):
+            with pytest.raises(ValueError) as got:
+                call()
+            assert str(err).split(" ")[:3] == str(got.value).split(" ")[:3]  # same kind
+        return
+    for rows, cols in (
+        linear_sum_assignment(cost, maximize),
+        linear_sum_assignment_batch([cost], maximize)[0],
+    ):
+        assert_valid(cost, rows, cols)
+        assert total(cost, rows, cols) == total(cost, *want)

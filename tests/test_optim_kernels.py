@@ -1,0 +1,119 @@
+"""The Numba AdamW and gradient-norm loops equal the array code they replace."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from minidetr.kernels import optim_cpu
+from minidetr.train import optim
+from minidetr.train.optim import AdamWConfig, AdamWState, adamw_step, global_norm
+
+SHAPES = [(3,), (4, 5), (2, 3, 3, 3), (1,), (0, 4)]
+
+
+def _arrays(seed, dtype, spread=1.0):
+    r = np.random.default_rng(seed)
+    return {
+        f"p{i}": (r.standard_normal(s) * spread * r.choice([1e-3, 1.0, 30.0])).astype(dtype)
+        for i, s in enumerate(SHAPES)
+    }
+
+
+def _plain(fn, *args):
+    """``fn(*args)`` with the Numba loops switched off: the array code on the same arrays."""
+    saved = optim._fused
+    optim._fused = lambda *arrays: False
+    try:
+        return fn(*args)
+    finally:
+        optim._fused = saved
+
+
+@given(
+    st.sampled_from([np.float32, np.float64]),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 40),
+    st.sampled_from([0.0, 1e-4, 0.1]),
+)
+def test_adamw_kernel_equals_the_array_code_bit_for_bit(dtype, seed, step, wd):
+    params, grads = _arrays(seed, dtype), _arrays(seed + 1, dtype, spread=3.0)
+    m = _arrays(seed + 2, dtype, spread=0.1)
+    v = {k: a * a for k, a in _arrays(seed + 3, dtype, spread=0.01).items()}
+    state = AdamWState(step, m, v)
+    rates = {k: 1e-3 * (i + 1) for i, k in enumerate(params)}
+    rates["p1"] = 0.0  # a frozen parameter
+    cfg = AdamWConfig(weight_decay=wd)
+    copies = [{k: a.copy() for k, a in d.items()} for d in (params, grads, m, v)]
+    got_p, got_s = adamw_step(params, grads, state, cfg, rates)
+    want_p, want_s = _plain(adamw_step, params, grads, state, cfg, rates)
+    assert got_s.step == want_s.step == step + 1
+    for got, want in ((got_p, want_p), (got_s.m, want_s.m), (got_s.v, want_s.v)):
+        for k in want:
+            assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape, k
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    for before, now in zip(copies, (params, grads, m, v)):  # the inputs are left untouched
+        for k in before:
+            np.testing.assert_array_equal(before[k], now[k])
+
+
+def test_adamw_kernel_runs_on_numpy_only_and_one_dtype(xp, monkeypatch):
+    calls = []
+    kernel = optim.adamw_update
+    monkeypatch.setattr(optim, "adamw_update", lambda *a: calls.append(1) or kernel(*a))
+    params = {"w": xp.asarray(np.arange(6.0).reshape(2, 3))}
+    state = optim.adamw_init(params)
+    adamw_step(params, params, state, AdamWConfig(), lr=0.1)
+    assert len(calls) == (1 if xp is np else 0)
+    if xp is np:  # a float32 gradient of a float64 parameter takes the array code
+        mixed = {"w": params["w"].astype(np.float32)}
+        new, _ = adamw_step(params, mixed, state, AdamWConfig(), lr=0.1)
+        assert len(calls) == 1 and new["w"].dtype == np.float64
+
+
+def test_adamw_kernel_takes_non_contiguous_arrays():
+    p = np.arange(12.0, dtype=np.float32).reshape(3, 4).T  # (4, 3), Fortran order
+    state = optim.adamw_init({"w": p})
+    got, _ = adamw_step({"w": p}, {"w": p * 0.5}, state, AdamWConfig(), lr=0.1)
+    want, _ = _plain(adamw_step, {"w": p}, {"w": p * 0.5}, state, AdamWConfig(), 0.1)
+    np.testing.assert_array_equal(got["w"], want["w"])
+
+
+@given(st.sampled_from([np.float32, np.float64]), st.integers(0, 2**32 - 1))
+def test_norm_kernel_equals_the_array_code(dtype, seed):
+    grads = _arrays(seed, dtype, spread=10.0)
+    want = _plain(global_norm, grads)
+    exact = math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads.values()))
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    assert global_norm(grads) == pytest.approx(want, rel=tol)
+    assert global_norm(grads) == pytest.approx(exact, rel=1e-13)  # float64 sums: closer
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_norm_kernel_per_array_parts(dtype):
+    parts = optim_cpu.scaled_sum_of_squares
+    assert parts(np.array([3.0, -4.0, 0.0], dtype=dtype)) == (1.0, 25.0)
+    assert parts(np.zeros(3, dtype)) == (0.0, 0.0)
+    big = np.full(5, np.finfo(dtype).max / 2, dtype=dtype)  # squares overflow the dtype
+    a, s = parts(big)
+    assert a * math.sqrt(s) == pytest.approx(math.sqrt(5.0) * float(big[0]))
+    if dtype == np.float64:  # squares overflow float64 too: the scaled passes
+        assert a == float(big[0]) and s == pytest.approx(5.0)
+        tiny = np.full(5, 1e-160)  # squares underflow float64: the scaled passes
+        a, s = parts(tiny)
+        assert a == 1e-160 and s == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_norm_kernel_is_non_finite_exactly_when_an_entry_is(bad, dtype):
+    grads = _arrays(3, dtype)
+    assert math.isfinite(global_norm(grads))
+    grads["p2"].flat[5] = bad
+    got, want = global_norm(grads), _plain(global_norm, grads)
+    assert not math.isfinite(got)
+    assert math.isnan(got) == math.isnan(want) and math.isinf(got) == math.isinf(want)
