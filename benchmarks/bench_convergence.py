@@ -17,8 +17,13 @@ or one training switch changes:
 - ``standard-no-aux``: plain DETR without auxiliary losses.
 
 ``NAME@LR`` runs a configuration at another peak learning rate (for example
-``standard@2e-4``). The model is evaluated with COCO AP (faster-coco-eval) on
-``--val-images`` held-out images at step 0 and every ``--eval-every`` steps.
+``standard@2e-4``); ``NAME,FIELD=VALUE,...`` changes fields of ``TrainConfig`` or
+of the preset's ``ModelConfig`` (for example ``deformable,num_queries=32,dn_groups=5``).
+The model is evaluated with COCO AP (faster-coco-eval) on ``--val-images`` held-out
+images at step 0 and every ``--eval-every`` steps. ``--ema D ...`` also keeps an
+exponential moving average of the weights for each decay D (``minidetr.train.ema``;
+training is unchanged) and evaluates each average beside the trained weights, so one
+run answers what the average buys at every evaluated step.
 
 Each configuration runs in its own process, ``--jobs`` at a time, with one
 BLAS and one Numba thread (on two cores two single-threaded runs side by side
@@ -28,7 +33,8 @@ optimizer; evaluation excluded); the first step, which includes Numba's
 compilation or cache load, is reported apart as ``first step``. Timings depend
 on what else the machine runs; the steps are what is compared.
 
-Writes into ``--out`` (default ``benchmarks/results``): ``convergence.json``
+Writes into ``--out`` (default ``benchmarks/results``), with file names starting
+``--prefix`` (default ``convergence``): ``convergence.json``
 (every run's evaluations and losses; runs of other configurations with the same
 settings are kept, so a configuration can be added later), ``convergence.md``
 (the table) and ``convergence.png`` (AP50 and AP against step). ``--report-only`` rewrites the
@@ -54,12 +60,14 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from dataclasses import replace  # noqa: E402
+from dataclasses import fields, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from minidetr.train.loop import Run, TrainConfig, TrainingError  # noqa: E402
+from minidetr.model import PRESETS, ModelConfig  # noqa: E402
+from minidetr.train.ema import check_decay, ema_init, ema_update  # noqa: E402
+from minidetr.train.loop import Run, TrainConfig, TrainingError, evaluate_model  # noqa: E402
 
 # name -> (preset, TrainConfig overrides)
 CONFIGS: dict[str, tuple[str, dict[str, object]]] = {
@@ -81,24 +89,45 @@ DESCRIPTIONS = {
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def parse_name(name: str) -> tuple[str, dict[str, object]]:
-    """``NAME`` or ``NAME@LR`` -> (preset, TrainConfig overrides)."""
-    base, _, lr = name.partition("@")
+def _value(text: str) -> object:
+    """A field's value as written after ``=``: an int, a float, true/false, or the text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def parse_name(name: str) -> tuple[str, dict[str, object], dict[str, object]]:
+    """``NAME[,FIELD=VALUE...][@LR]`` -> (preset, TrainConfig overrides, ModelConfig overrides)."""
+    spec, _, lr = name.partition("@")
+    base, *changes = spec.split(",")
     if base not in CONFIGS:
         raise ValueError(f"unknown configuration {base!r}; choose from {', '.join(CONFIGS)}")
     preset, overrides = CONFIGS[base]
-    overrides = dict(overrides)
+    overrides, model = dict(overrides), {}
+    train_fields = {f.name for f in fields(TrainConfig)}
+    model_fields = {f.name for f in fields(ModelConfig)}
+    for change in changes:
+        key, eq, text = change.partition("=")
+        if not eq or key not in train_fields | model_fields:
+            raise ValueError(f"{change!r} in {name!r} is not FIELD=VALUE of a config field")
+        (overrides if key in train_fields else model)[key] = _value(text)
     if lr:
         try:
             overrides["lr"] = float(lr)
         except ValueError:
             raise ValueError(f"learning rate {lr!r} in {name!r} is not a number") from None
-    return preset, overrides
+    return preset, overrides, model
 
 
-def train_and_evaluate(name: str, steps: int, batch_size: int, eval_every: int, val_images: int):
-    """Train configuration ``name`` for ``steps`` steps, evaluating every ``eval_every``."""
-    preset, overrides = parse_name(name)
+def make_run(name: str, steps: int, batch_size: int, val_images: int) -> Run:
+    """The run of configuration ``name``; a changed model is registered as preset ``name``."""
+    preset, overrides, model = parse_name(name)
+    if model:
+        PRESETS[name] = replace(PRESETS[preset], **model)  # this worker process only
+        preset = name
     cfg = replace(
         TrainConfig(),
         preset=preset,
@@ -107,10 +136,24 @@ def train_and_evaluate(name: str, steps: int, batch_size: int, eval_every: int, 
         val_images=val_images,
         **overrides,
     )
-    run = Run(cfg, like=np.zeros(1, np.float32))
+    return Run(cfg, like=np.zeros(1, np.float32))
+
+
+def train_and_evaluate(
+    name: str,
+    steps: int,
+    batch_size: int,
+    eval_every: int,
+    val_images: int,
+    ema_decays: tuple[float, ...] = (),
+):
+    """Train configuration ``name`` for ``steps`` steps, evaluating every ``eval_every``
+    the weights and their moving average for each of ``ema_decays``."""
+    run = make_run(name, steps, batch_size, val_images)
+    cfg = run.cfg
     record: dict[str, object] = {
         "name": name,
-        "preset": preset,
+        "preset": run.model.config.variant,
         "lr": cfg.lr,
         "aux_loss": cfg.aux_loss,
         "denoising": bool(run.model.config.denoising and cfg.dn_groups > 0),
@@ -119,17 +162,22 @@ def train_and_evaluate(name: str, steps: int, batch_size: int, eval_every: int, 
         "losses": [],
         "step_seconds": [],
         "diverged": None,
+        "ema": list(ema_decays),
     }
+    averages = {d: ema_init(run.params) for d in ema_decays}
 
     def evaluate() -> None:
         t = time.perf_counter()
         metrics = run.evaluate()
-        record["evals"].append(
-            {"step": run.step, **{k: metrics[k] for k in ("AP50", "AP", "AP75")}}
-        )
+        entry = {"step": run.step, **{k: metrics[k] for k in ("AP50", "AP", "AP75")}}
+        message = f"AP50 {metrics['AP50']:.3f} AP {metrics['AP']:.3f}"
+        for d, avg in averages.items():
+            m = evaluate_model(run.model, avg.params, run.val_set, run.like)
+            entry[f"ema {d:g}"] = {k: m[k] for k in ("AP50", "AP", "AP75")}
+            message += f"; EMA {d:g} AP50 {m['AP50']:.3f} AP {m['AP']:.3f}"
+        record["evals"].append(entry)
         print(
-            f"{name}: step {run.step} AP50 {metrics['AP50']:.3f} AP {metrics['AP']:.3f} "
-            f"({time.perf_counter() - t:.1f} s)",
+            f"{name}: step {run.step} {message} ({time.perf_counter() - t:.1f} s)",
             file=sys.stderr,
             flush=True,
         )
@@ -143,6 +191,7 @@ def train_and_evaluate(name: str, steps: int, batch_size: int, eval_every: int, 
             record["diverged"] = str(err)
             print(f"{name}: diverged: {err}", file=sys.stderr, flush=True)
             break
+        averages = {d: ema_update(avg, run.params, d) for d, avg in averages.items()}
         record["step_seconds"].append(round(time.perf_counter() - t, 4))
         record["losses"].append(round(out["loss"], 4))
         if run.step % eval_every == 0 or run.step == steps:
@@ -191,6 +240,8 @@ def run_all(args: argparse.Namespace, work: Path) -> list[dict]:
     """Each configuration in its own process, ``args.jobs`` at a time; their records."""
     flags = ["--steps", str(args.steps), "--batch-size", str(args.batch_size)]
     flags += ["--eval-every", str(args.eval_every), "--val-images", str(args.val_images)]
+    if args.ema:
+        flags += ["--ema", *(str(d) for d in args.ema)]
     records, failed = run_workers(__file__, args.configs, flags, args.jobs, work)
     if failed:
         print(f"failed (see messages above): {', '.join(failed)}", file=sys.stderr)
@@ -220,16 +271,29 @@ def table(records: list[dict], settings: dict[str, int]) -> str:
     ]
     for r in records:
         at = {e["step"]: e for e in r["evals"]}
-        cells = [r["name"], f"{r['lr']:.0e}"]
-        cells += [f"{at[s]['AP50']:.3f} / {at[s]['AP']:.3f}" if s in at else "-" for s in steps]
         ms, first = ms_per_step(r)
-        cells += [f"{ms:.0f}", f"{first / 1000:.1f} s"]
-        lines.append("| " + " | ".join(cells) + " |")
+        for label, key in [
+            (r["name"], None),
+            *((f"{r['name']}, EMA {d:g}", f"ema {d:g}") for d in r.get("ema", [])),
+        ]:
+            cells = [label, f"{r['lr']:.0e}"]
+            for s in steps:
+                e = at.get(s, {}) if key is None else at.get(s, {}).get(key)
+                cells.append(f"{e['AP50']:.3f} / {e['AP']:.3f}" if e else "-")
+            cells += [f"{ms:.0f}", f"{first / 1000:.1f} s"]
+            lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for r in records:
-        base, _, lr = r["name"].partition("@")
-        more = f", at peak learning rate {lr}" if lr else ""
+        spec, _, lr = r["name"].partition("@")
+        base, *changes = spec.split(",")
+        more = f", with {', '.join(changes)}" if changes else ""
+        more += f", at peak learning rate {lr}" if lr else ""
         lines.append(f"- {r['name']}: {DESCRIPTIONS[base]}{more}")
+    if any(r.get("ema") for r in records):
+        lines.append(
+            "- EMA d: the same run's bias-corrected moving average of the weights, decay d "
+            "(training unchanged)"
+        )
     notes = [r for r in records if r["diverged"]]
     if notes:
         lines.append("")
@@ -288,7 +352,13 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=200)
     parser.add_argument("--val-images", type=int, default=256)
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    parser.add_argument(
+        "--ema", type=float, nargs="+", default=[], metavar="D", help="also evaluate weight EMAs"
+    )
     parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results")
+    parser.add_argument(
+        "--prefix", default="convergence", help="file names: PREFIX.json, PREFIX.md, PREFIX.png"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 40 steps, 32 images")
     parser.add_argument(
         "--report-only", action="store_true", help="rewrite the table and plot from the JSON"
@@ -306,10 +376,20 @@ def main() -> None:
             parse_name(name)
         except ValueError as err:
             parser.error(str(err))
+    for d in args.ema:
+        try:
+            check_decay(d)
+        except ValueError as err:
+            parser.error(f"--ema: {err}")
 
     if args.worker:  # one configuration, in this process
         record = train_and_evaluate(
-            args.worker, args.steps, args.batch_size, args.eval_every, args.val_images
+            args.worker,
+            args.steps,
+            args.batch_size,
+            args.eval_every,
+            args.val_images,
+            tuple(args.ema),
         )
         record["settings"] = settings_of(args)
         args.worker_out.write_text(json.dumps(record))
@@ -322,7 +402,7 @@ def main() -> None:
     if not args.report_only:
         with tempfile.TemporaryDirectory() as work:
             records = run_all(args, Path(work))
-    store = out / "convergence.json"
+    store = out / f"{args.prefix}.json"
     kept = []
     if store.exists():  # earlier runs of other configurations at the same settings
         ran = {r["name"] for r in records}
@@ -334,14 +414,14 @@ def main() -> None:
     known = [*CONFIGS]
     records = sorted(
         kept + records,
-        key=lambda r: (known.index(r["name"].partition("@")[0]), r["name"]),
+        key=lambda r: (known.index(r["name"].partition("@")[0].split(",")[0]), r["name"]),
     )
     store.write_text(json.dumps(records))
     text = table(records, settings)
-    (out / "convergence.md").write_text("# Convergence at equal steps\n\n" + text)
-    plot(records, out / "convergence.png", settings)
+    (out / f"{args.prefix}.md").write_text("# Convergence at equal steps\n\n" + text)
+    plot(records, out / f"{args.prefix}.png", settings)
     print(text)
-    print(f"wrote {out / 'convergence.md'}, {out / 'convergence.png'}, {store}")
+    print(f"wrote {out / args.prefix}.md, {out / args.prefix}.png, {store}")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,9 @@ def load_run(checkpoint: str, device: str) -> Any:
     except ValueError as err:
         raise UserError(f"{checkpoint} does not fit preset {cfg.preset!r}: {err}") from err
     run.params, run.step, run.history = ck.params, int(ck.meta["step"]), ck.meta.get("history", [])
+    if ck.ema is not None and ck.ema.step > 0:  # the run kept a moving average: it is the model
+        run.params = ck.ema.params
+    run.ema = None
     return run
 
 

@@ -82,7 +82,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     bar = None if args.quiet else ProgressBar()
     t0 = time.perf_counter()
     try:
-        run = train(cfg, out, like, resume=args.resume, progress=bar)
+        run = train(cfg, out, like, resume=args.resume, progress=bar, prefetch=True)
     except Interrupted as err:
         if bar is not None:
             bar.close()
@@ -222,7 +222,7 @@ def _write_report(run: Any, out: Path, seconds: float, device: str) -> dict[str,
 
     samples = [run.val_set[i] for i in range(min(8, len(run.val_set)))]
     images, _ = collate(samples, like=run.like)
-    outputs, _ = run.model.forward(run.params, images, train=False)
+    outputs, _ = run.model.forward(run.eval_params, images, train=False)
     results = postprocess(
         outputs.pred_logits,
         outputs.pred_boxes,

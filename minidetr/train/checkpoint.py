@@ -1,6 +1,7 @@
 """Checkpoints that are never half-written and resume a run exactly.
 
-A checkpoint is one ``.npz`` holding every parameter, both AdamW moments, and a
+A checkpoint is one ``.npz`` holding every parameter, both AdamW moments, the
+moving average of the weights when the run keeps one (``minidetr.train.ema``), and a
 JSON header (format version, model and training config, step, the host RNG
 state, the loss history). It is written to a temporary file in the same folder,
 flushed to disk, then renamed over the old one: a crash leaves either the old
@@ -19,6 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from minidetr.backend import Array, asarray, to_numpy
+from minidetr.train.ema import EMAState
 from minidetr.train.optim import AdamWState
 
 FORMAT = "minidetr-checkpoint-1"
@@ -32,10 +34,15 @@ class Checkpoint(NamedTuple):
     params: dict[str, np.ndarray]
     opt_state: AdamWState | None
     meta: dict[str, Any]  # model_config, train_config, step, rng_state, history, ...
+    ema: EMAState | None = None  # the weights' moving average, if the run keeps one
 
 
 def save_checkpoint(
-    path: str | Path, params: dict[str, Array], opt_state: AdamWState | None, meta: dict[str, Any]
+    path: str | Path,
+    params: dict[str, Array],
+    opt_state: AdamWState | None,
+    meta: dict[str, Any],
+    ema: EMAState | None = None,
 ) -> None:
     """Write a checkpoint atomically (temporary file, fsync, rename)."""
     path = Path(path)
@@ -44,6 +51,9 @@ def save_checkpoint(
         arrays.update({f"m/{k}": to_numpy(v) for k, v in opt_state.m.items()})
         arrays.update({f"v/{k}": to_numpy(v) for k, v in opt_state.v.items()})
         meta = {**meta, "opt_step": opt_state.step}
+    if ema is not None:
+        arrays.update({f"ema/{k}": to_numpy(v) for k, v in ema.params.items()})
+        meta = {**meta, "ema_step": ema.step}
     header = json.dumps({"format": FORMAT, **meta})
     arrays["header"] = np.frombuffer(header.encode(), dtype=np.uint8)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
@@ -84,10 +94,10 @@ def load_checkpoint(path: str | Path, like: Array | None = None) -> Checkpoint:
             header = json.loads(bytes(data["header"]).decode())
             if header.get("format") != FORMAT:
                 raise CheckpointError(f"{path} is not a minidetr checkpoint")
-            params, m, v = {}, {}, {}
+            params, m, v, avg = {}, {}, {}, {}
             for key in data.files:
                 kind, _, name = key.partition("/")
-                target = {"param": params, "m": m, "v": v}.get(kind)
+                target = {"param": params, "m": m, "v": v, "ema": avg}.get(kind)
                 if target is not None:
                     target[name] = data[key]
     except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, EOFError) as err:
@@ -99,4 +109,5 @@ def load_checkpoint(path: str | Path, like: Array | None = None) -> Checkpoint:
     opt_state = None
     if "opt_step" in header:
         opt_state = AdamWState(int(header["opt_step"]), place(m), place(v))
-    return Checkpoint(place(params), opt_state, header)
+    ema = EMAState(int(header["ema_step"]), place(avg)) if "ema_step" in header else None
+    return Checkpoint(place(params), opt_state, header, ema)

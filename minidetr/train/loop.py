@@ -44,6 +44,7 @@ from minidetr.train.divergence import (
     check_parameters,
     learning_rate_cause,
 )
+from minidetr.train.ema import EMAState, ema_init, ema_update
 from minidetr.train.optim import (
     AdamWConfig,
     AdamWState,
@@ -53,6 +54,7 @@ from minidetr.train.optim import (
     global_norm,
     learning_rate,
 )
+from minidetr.train.prefetch import Prefetcher, batch_indices
 from minidetr.train.progress import progress_bar  # noqa: F401  (the lesson imports it from here)
 from minidetr.train.setup import (  # noqa: F401  (importable from here, as before)
     TrainConfig,
@@ -80,12 +82,14 @@ def _is_backbone(name: str) -> bool:
 
 
 class RunState(NamedTuple):
-    """What a checkpoint holds of a run: parameters, optimizer state, step and loss history."""
+    """What a checkpoint holds of a run: parameters, optimizer state, step, loss history and
+    the weights' moving average (None when the run keeps none)."""
 
     params: dict[str, Array]
     opt_state: AdamWState
     step: int
     history: list[dict[str, float]]
+    ema: EMAState | None = None
 
 
 class Run:
@@ -101,14 +105,18 @@ class Run:
         self.opt_cfg = AdamWConfig(lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.opt_state: AdamWState = adamw_init(self.params)
         self.initial_norm = global_norm(self.params)  # the reference for check_parameters
+        self.ema = ema_init(self.params) if cfg.ema_decay > 0 else None  # read, never trained
+        self.prefetch: Prefetcher | None = None  # draws the next batch in a worker process
         self.step = 0
         self.history: list[dict[str, float]] = []
 
     # --- one step -----------------------------------------------------------------------
 
     def batch(self, rng: np.random.Generator) -> tuple[Array, list[dict[str, Array]]]:
-        idx = rng.integers(len(self.train_set), size=self.cfg.batch_size)
-        return collate([self.train_set[int(i)] for i in idx], like=self.like)
+        idx = batch_indices(rng, len(self.train_set), self.cfg.batch_size)
+        if self.prefetch is None:
+            return collate([self.train_set[int(i)] for i in idx], like=self.like)
+        return collate(self.prefetch.samples(self.step, idx, self.cfg.steps), like=self.like)
 
     def train_step(self) -> dict[str, float]:
         cfg, model_cfg = self.cfg, self.model.config
@@ -167,6 +175,8 @@ class Run:
         self.params, self.opt_state = adamw_step(
             self.params, grads, self.opt_state, self.opt_cfg, rates
         )
+        if self.ema is not None:
+            self.ema = ema_update(self.ema, self.params, cfg.ema_decay)
         self.step += 1
         record: dict[str, Any] = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm}
         for k in ("loss_ce", "loss_bbox", "loss_giou", "loss_offset", "loss_attention"):
@@ -185,11 +195,17 @@ class Run:
     # --- checkpoints --------------------------------------------------------------------
 
     def snapshot(self) -> RunState:
-        return RunState(dict(self.params), self.opt_state, self.step, list(self.history))
+        return RunState(dict(self.params), self.opt_state, self.step, list(self.history), self.ema)
 
     def set_state(self, state: RunState) -> None:
         self.params, self.opt_state = dict(state.params), state.opt_state
-        self.step, self.history = state.step, list(state.history)
+        self.step, self.history, self.ema = state.step, list(state.history), state.ema
+
+    @property
+    def eval_params(self) -> dict[str, Array]:
+        """The weights to evaluate and ship: their moving average once it has averaged any,
+        else the trained weights."""
+        return self.ema.params if self.ema is not None and self.ema.step > 0 else self.params
 
     def save(
         self, path: Path, extra: dict[str, Any] | None = None, state: RunState | None = None
@@ -205,7 +221,7 @@ class Run:
             "history": state.history,
             **(extra or {}),
         }
-        save_checkpoint(path, state.params, state.opt_state, meta)
+        save_checkpoint(path, state.params, state.opt_state, meta, ema=state.ema)
 
     def check_update(self) -> None:
         """Raise ``TrainingError`` unless the parameters after the last step are sound."""
@@ -243,12 +259,14 @@ class Run:
             raise CheckpointError(f"checkpoint {path} does not fit the model: {err}") from err
         self.params, self.opt_state = ck.params, ck.opt_state
         self.step, self.history = int(ck.meta["step"]), list(ck.meta["history"])
+        if self.cfg.ema_decay > 0:  # a run saved before it kept one starts its average here
+            self.ema = ck.ema if ck.ema is not None else ema_init(self.params)
 
     # --- evaluation ---------------------------------------------------------------------
 
     def evaluate(self, dataset: Dataset | None = None, batch_size: int = 32) -> dict[str, float]:
         return evaluate_model(
-            self.model, self.params, dataset or self.val_set, self.like, batch_size
+            self.model, self.eval_params, dataset or self.val_set, self.like, batch_size
         )
 
 
@@ -278,6 +296,7 @@ def train(
     *,
     resume: bool = False,
     progress: Callable[[Run, dict[str, float], float], None] | None = None,
+    prefetch: bool = False,
 ) -> Run:
     """Train to ``cfg.steps``, checkpointing atomically to ``out_dir/checkpoint.npz``.
 
@@ -287,7 +306,9 @@ def train(
     Ctrl-C (SIGINT) and SIGTERM finish the current step, save, and raise ``Interrupted``
     (a ``KeyboardInterrupt``) naming the checkpoint. A diverging step raises
     ``TrainingError`` whose ``checkpoint`` names the last good one, or None when none
-    was written. Temporary files of interrupted saves are removed first.
+    was written. Temporary files of interrupted saves are removed first. ``prefetch``
+    draws each next batch in a worker process (``minidetr.train.prefetch``); the run is
+    the same either way.
     """
     run = Run(cfg, like)
     out_dir = Path(out_dir)
@@ -307,6 +328,8 @@ def train(
         run.save(ckpt, state=state)
         return SavedCheckpoint(str(ckpt), state.step)
 
+    if prefetch:
+        run.prefetch = Prefetcher(run.train_set, cfg.seed, cfg.batch_size)
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     pending: RunState | None = None  # due to be saved, once the next step has proved it
     try:
@@ -332,6 +355,9 @@ def train(
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if run.prefetch is not None:
+            run.prefetch.close()
+            run.prefetch = None
     if stop["now"]:
         raise Interrupted(saved)
     return run

@@ -14,6 +14,7 @@ from minidetr.model import PRESETS, MiniDETR, ModelConfig
 from minidetr.setloss import LossWeights, SetCriterion
 from minidetr.setloss.matching import HungarianMatcher
 from minidetr.train.config_checks import check_train_config
+from minidetr.train.ema import check_decay
 
 
 @dataclass(frozen=True)
@@ -25,9 +26,10 @@ class TrainConfig:
     dataset: str = "shapes"  # a built-in set's name, or a COCO-format file PATH.json
     val_dataset: str | None = None  # COCO-format validation file (default: a held-out tenth)
     images: str | None = None  # folder of the COCO files' images (default: each JSON's folder)
-    steps: int = 1500
+    steps: int = 2200  # sized for 5 minutes on two idle cores, evaluation included
     batch_size: int = 16
-    lr: float = 1e-3  # measured: 1e-3 reached AP50 0.93 at step 1000 where 4e-4 reached 0.84
+    # measured at step 800 of 800: AP 0.652 at 1e-3, 0.704 at 2e-3, 0.765 at 3e-3
+    lr: float = 3e-3
     backbone_lr_ratio: float = 0.5  # the backbone learns this much slower (DETR: 0.1)
     weight_decay: float = 1e-4
     warmup_steps: int = 50
@@ -50,9 +52,12 @@ class TrainConfig:
     # W of the attention entropy penalty W * mean H (0: off); dense (softmax) attention only
     attention_entropy: float = 0.0
     offset_l2: float = 0.0  # L2 penalty on deformable sampling offsets, in level pixels (0: off)
+    # decay of the weights' moving average that is evaluated and shipped (0: the weights)
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         check_train_config(self)
+        check_decay(self.ema_decay)
         if self.encoder_attention != "softmax" and self.preset in PRESETS:
             # the model config says whether this preset can take that encoder attention
             replace(PRESETS[self.preset], encoder_attention=self.encoder_attention)
