@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment as scipy_lsa
+from test_assignment import assert_valid, total  # the answer checks shared with the solver's tests
 
 import minidetr.assignment.solver as solver
 from minidetr.assignment import (
@@ -14,22 +15,6 @@ from minidetr.assignment import (
     linear_sum_assignment_batch,
     linear_sum_assignment_stacked,
 )
-
-
-def total(cost, rows, cols):
-    return float(np.asarray(cost, dtype=np.float64)[rows, cols].sum())
-
-
-def assert_valid(cost, rows, cols):
-    """A valid answer in SciPy's format: min(N, M) distinct pairs, rows sorted."""
-    n, m = np.shape(cost)
-    assert rows.dtype == np.int64 and cols.dtype == np.int64
-    assert rows.shape == cols.shape == (min(n, m),)
-    assert np.all(np.diff(rows) > 0), rows
-    assert len(set(cols.tolist())) == len(cols)
-    assert np.all((0 <= rows) & (rows < n)) and np.all((0 <= cols) & (cols < m))
-    if n <= m:
-        np.testing.assert_array_equal(rows, np.arange(n))
 
 
 def layouts_of(rng):
