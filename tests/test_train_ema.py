@@ -10,23 +10,15 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from test_train import LIKE
+from test_train import TINY as TRAIN_TINY
 
 from minidetr.inference import load_run
 from minidetr.train.checkpoint import load_checkpoint
 from minidetr.train.ema import EMAState, check_decay, ema_init, ema_update
 from minidetr.train.loop import TrainConfig, train
 
-TINY = TrainConfig(
-    preset="tiny-deformable",
-    steps=6,
-    batch_size=2,
-    val_images=4,
-    train_images=64,
-    checkpoint_every=2,
-    warmup_steps=2,
-    ema_decay=0.9,
-)
-LIKE = np.zeros(1, dtype=np.float32)
+TINY = replace(TRAIN_TINY, ema_decay=0.9)  # the end-to-end tests' tiny run, averaged
 
 
 def average_of(thetas: list[np.ndarray], decay: float) -> np.ndarray:

@@ -5,21 +5,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+from test_train import LIKE
+from test_train import TINY as TRAIN_TINY
 
 from minidetr.data import ShapesDataset
-from minidetr.train.loop import Run, TrainConfig, train
+from minidetr.train.loop import Run, train
 from minidetr.train.prefetch import Prefetcher, batch_indices
 
-TINY = TrainConfig(
-    preset="tiny-deformable",
-    steps=5,
-    batch_size=3,
-    val_images=4,
-    train_images=64,
-    checkpoint_every=2,
-    warmup_steps=2,
-)
-LIKE = np.zeros(1, dtype=np.float32)
+TINY = replace(TRAIN_TINY, steps=5, batch_size=3)
 
 
 def test_a_prefetched_run_equals_an_in_process_one(tmp_path):
