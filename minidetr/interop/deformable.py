@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 
 from minidetr.interop.detr import (
+    DECODER_LAYER,
+    ENCODER_LAYER,
     _attention_in,
     _attention_out,
     _backbone_params,
@@ -40,19 +42,6 @@ DEFORM = tuple(
     for layer in ("sampling_offsets", "attention_weights", "value_proj", "output_proj")
     for t in ("weight", "bias")
 )
-ENCODER_LAYER = {
-    "norm1": "self_attn_layer_norm",
-    "linear1": "mlp.fc1",
-    "linear2": "mlp.fc2",
-    "norm2": "final_layer_norm",
-}
-DECODER_LAYER = {
-    "norm1": "self_attn_layer_norm",
-    "norm2": "encoder_attn_layer_norm",
-    "linear1": "mlp.fc1",
-    "linear2": "mlp.fc2",
-    "norm3": "final_layer_norm",
-}
 
 
 def config_from_deformable(hf: Mapping[str, Any], image_size: int = 800) -> ModelConfig:
