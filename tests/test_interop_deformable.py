@@ -14,9 +14,15 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from test_interop_detr import TOL, images, perturb, run_hf, run_mini  # noqa: E402
+from test_interop_detr import (  # noqa: E402
+    TOL,
+    assert_gradients_at_samples,
+    images,
+    perturb,
+    run_hf,
+    run_mini,
+)
 
-from minidetr.gradcheck import numerical_gradient  # noqa: E402
 from minidetr.interop import from_transformers, to_transformers  # noqa: E402
 from minidetr.interop.deformable import deformable_state  # noqa: E402
 from minidetr.model import MiniDETR  # noqa: E402
@@ -99,16 +105,7 @@ def test_learned_reference_gradient_matches_finite_differences():
     names = ["query.ref_point.weight", "query.ref_point.bias", "query.pos", "level_embed",
              "input_proj.3.weight", "input_proj.2.norm.weight",
              "backbone.stages.3.blocks.0.convs.0.conv.weight"]  # fmt: skip
-    for name in names:
-        idx = r.choice(params[name].size, size=min(3, params[name].size), replace=False)
-
-        def f(v, name=name):
-            return loss({**params, name: v})
-
-        numeric = numerical_gradient(f, params[name].copy(), indices=idx).reshape(-1)[idx]
-        analytic = grads[name].reshape(-1)[idx]
-        scale = max(np.abs(numeric).max(), 1e-3)
-        assert np.abs(numeric - analytic).max() / scale < 1e-5, name
+    assert_gradients_at_samples(loss, params, grads, names, r)
 
 
 def tiny_two_stage(seed: int = 0):
@@ -167,13 +164,4 @@ def test_proposal_queries_gradient_matches_finite_differences():
     )  # fmt: skip
     names = ["query.pos_trans.weight", "query.pos_trans.norm.weight", "enc_output.weight",
              "enc_class_head.weight", "decoder.layers.1.box_head.layers.2.bias"]  # fmt: skip
-    for name in names:
-        idx = r.choice(params[name].size, size=min(3, params[name].size), replace=False)
-
-        def f(v, name=name):
-            return loss({**params, name: v})
-
-        numeric = numerical_gradient(f, params[name].copy(), indices=idx).reshape(-1)[idx]
-        analytic = grads[name].reshape(-1)[idx]
-        scale = max(np.abs(numeric).max(), 1e-3)
-        assert np.abs(numeric - analytic).max() / scale < 1e-5, name
+    assert_gradients_at_samples(loss, params, grads, names, r)
