@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from test_attention_linear import TOL, _qkv  # q, k, v drawn as for linear attention
 
 from minidetr.attention import (
     hierarchical_attention_backward,
@@ -17,18 +18,6 @@ from minidetr.attention import (
 from minidetr.attention.hierarchical import cell_tokens, pool_cells, unpool_cells
 from minidetr.backend import to_numpy
 from minidetr.gradcheck import gradcheck
-
-TOL = 1e-7
-
-
-def _qkv(seed, lq, lk, d=4, dv=3, lead=(2,)):
-    r = np.random.default_rng(seed)
-    return (
-        r.standard_normal((*lead, lq, d)),
-        r.standard_normal((*lead, lk, d)),
-        r.standard_normal((*lead, lk, dv)),
-    )
-
 
 # ------------------------------------------------------------------------------ Linformer
 
