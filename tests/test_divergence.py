@@ -9,21 +9,14 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from test_train import LIKE
+from test_train import TINY as TRAIN_TINY
 
 from minidetr.train.checkpoint import load_checkpoint
-from minidetr.train.loop import Interrupted, Run, TrainConfig, TrainingError, train
+from minidetr.train.loop import Interrupted, Run, TrainingError, train
 from minidetr.train.optim import clip_grad_norm, global_norm
 
-TINY = TrainConfig(
-    preset="tiny",
-    steps=6,
-    batch_size=2,
-    val_images=4,
-    train_images=64,
-    checkpoint_every=2,
-    warmup_steps=2,
-)
-LIKE = np.zeros(1, dtype=np.float32)
+TINY = replace(TRAIN_TINY, preset="tiny")  # the end-to-end tests' tiny run, dense attention
 
 
 # ---------------------------------------------------------------- the gradient norm
