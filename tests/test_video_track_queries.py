@@ -138,6 +138,7 @@ def test_track_command_refuses_a_detection_checkpoint(tmp_path, capsys, trained)
     tr.run.save(tmp_path / "det.npz")  # a still-image checkpoint: no tracking config
     assert main(["track", str(tmp_path / "det.npz"), "--out", str(tmp_path / "t")]) == 2
     assert "not a tracking checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()  # refused before the output folder is made
 
 
 def test_write_tracks_on_other_clips_leaves_ap_out(trained, tmp_path):

@@ -34,12 +34,13 @@ def cmd_train_track(args: argparse.Namespace) -> int:
         cfg, lr=args.lr or cfg.lr, **{k: v for k, v in overrides.items() if v is not None}
     )
     out = Path(args.out) if args.out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    like = device_like(args.device)  # before the folder is made: an unusable device leaves none
     prepare_out_dir(out, False, args.force)
     print(f"minidetr: training a tracker ({cfg.detect_steps} + {cfg.track_steps} steps) into {out}")
     bar = None if args.quiet else ProgressBar()
     t0 = time.perf_counter()
     try:
-        tr, seconds = train_tracker(cfg, out, device_like(args.device), bar)
+        tr, seconds = train_tracker(cfg, out, like, bar)
     except TrainingError as err:
         raise UserError(f"tracking training stopped: {err}") from err
     finally:
@@ -57,11 +58,11 @@ def cmd_track(args: argparse.Namespace) -> int:
     """``track CHECKPOINT --out DIR``: MOT files, animations and metrics on held-out clips."""
     from minidetr.video.commands import load_tracker, write_tracks
 
-    output_folder(Path(args.out))
     try:
         tr = load_tracker(input_file(args.checkpoint, "checkpoint"), device_like(args.device))
     except (OSError, KeyError, ValueError) as err:
         raise UserError(f"cannot use {args.checkpoint}: {err}") from err
+    output_folder(Path(args.out))  # once the checkpoint is usable: a refusal leaves no folder
     metrics = write_tracks(tr, Path(args.out), clips=args.clips)
     print(
         f"minidetr: MOTA {metrics['MOTA']:.3f}  IDF1 {metrics['IDF1']:.3f}  ID switches "
