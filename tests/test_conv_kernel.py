@@ -111,3 +111,33 @@ def test_kernel_path_gradients(rng, stride, padding, k):
     b = rng.standard_normal(4)
     forward = lambda x, w, b: conv2d_forward(x, w, b, stride=stride, padding=padding)  # noqa: E731
     assert gradcheck(forward, conv2d_backward, [x, w, b]).max_error < 1e-6
+
+
+@given(conv_problems())
+def test_both_col2im_orders_agree(problem):
+    """col2im picks its loop order by map size; each order alone gives the same dx."""
+    x, weight, _, dy, stride, padding = problem
+    k, wo = weight.shape[2], dy.shape[3]
+    b, c, h, w = x.shape
+    g = np.random.default_rng(1).standard_normal((b * dy.shape[2] * wo, c * k * k))
+    g = g.astype(x.dtype)
+    by_planes, by_pixels = (np.zeros(x.shape, dtype=x.dtype) for _ in range(2))
+    conv_cpu._col2im_planes(g, by_planes, k, stride, padding, wo)
+    conv_cpu._col2im_pixels(g, by_pixels, k, stride, padding, wo)
+    np.testing.assert_allclose(by_pixels, by_planes, **TOL[x.dtype.type])
+    np.testing.assert_array_equal(
+        conv_cpu.col2im(g, *x.shape, k, stride, padding, wo),
+        by_pixels if h * w <= 64 else by_planes,
+    )
+
+
+@pytest.mark.parametrize("width", [1, 2])
+def test_same_padding_on_maps_narrower_than_the_padding(rng, width):
+    """A 5x5 "same" convolution of a 1- or 2-pixel-wide map: most taps fall on the padding,
+    and the stride-1 run must not carry values across rows."""
+    x = rng.standard_normal((2, 3, 6, width))
+    w = rng.standard_normal((2, 3, 5, 5))
+    y, cache = conv2d_forward(x, w, padding=2)
+    y_ref, cache_ref = conv2d_forward(xps.asarray(x), xps.asarray(w), padding=2)
+    np.testing.assert_array_equal(cache.cols, np.asarray(cache_ref.cols))
+    np.testing.assert_allclose(y, np.asarray(y_ref), rtol=1e-12, atol=1e-12)
