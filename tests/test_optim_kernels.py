@@ -117,3 +117,27 @@ def test_norm_kernel_is_non_finite_exactly_when_an_entry_is(bad, dtype):
     got, want = global_norm(grads), _plain(global_norm, grads)
     assert not math.isfinite(got)
     assert math.isnan(got) == math.isnan(want) and math.isinf(got) == math.isinf(want)
+
+
+@given(st.sampled_from([np.float32, np.float64]), st.integers(0, 2**32 - 1))
+def test_grad_scale_in_adamw_equals_clipping_first_bit_for_bit(dtype, seed):
+    """AdamW with clipping's factor as ``grad_scale`` = AdamW of the clipped copies, in the
+    Numba loop and in the array code alike."""
+    params, grads = _arrays(seed, dtype), _arrays(seed + 1, dtype, spread=3.0)
+    state = optim.adamw_init(params)
+    clipped, norm = optim.clip_grad_norm(grads, 0.1)
+    scale = optim.clip_scale(norm, 0.1)
+    assert scale < 1.0
+    for run in (lambda f, *a: f(*a), _plain):
+        want_p, want_s = run(adamw_step, params, clipped, state, AdamWConfig(), 1e-3)
+        got_p, got_s = run(adamw_step, params, grads, state, AdamWConfig(), 1e-3, scale)
+        for got, want in ((got_p, want_p), (got_s.m, want_s.m), (got_s.v, want_s.v)):
+            for k in want:
+                np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+def test_clip_scale_leaves_small_and_non_finite_norms_alone():
+    assert optim.clip_scale(0.05, 0.1) == 1.0
+    assert optim.clip_scale(math.inf, 0.1) == 1.0 and optim.clip_scale(math.nan, 0.1) == 1.0
+    assert optim.clip_scale(5.0, 0.0) == 1.0  # max_norm 0: no clipping
+    assert optim.clip_scale(5.0, 0.1) == pytest.approx(0.1 / 5.0)

@@ -9,8 +9,10 @@ checks every divisor for zero, which stops the loops from vectorising: 13x slowe
 
 * ``adamw_update`` does AdamW's arithmetic in the arrays' own dtype, with every
   constant rounded to that dtype first, as NumPy does with Python floats: its
-  results equal the array code's bit for bit. Outputs are allocated by the caller
-  (the old parameters and moments stay untouched, as ``adamw_step`` promises).
+  results equal the array code's bit for bit, gradient clipping's scaling
+  included (it multiplies each gradient entry as it reads it, instead of a pass
+  that writes scaled copies). Outputs are allocated by the caller (the old
+  parameters and moments stay untouched, as ``adamw_step`` promises).
 * ``scaled_sum_of_squares`` returns (a, s) with sum g^2 = a^2 s, the two numbers
   ``global_norm`` combines on the host: usually a = 1 and one pass in float64,
   which cannot overflow on float32 entries; else a = max |g| as in the array code
@@ -31,15 +33,17 @@ from numba import njit
 def adamw_update(p, g, m, v, p_out, m_out, v_out, consts):
     """One AdamW step of flat arrays (N,), written to p_out, m_out, v_out (N,).
 
-    consts (9,) in the arrays' dtype: b1, 1 - b1, b2, 1 - b2, c1 = 1 - b1^t,
-    c2 = 1 - b2^t, eps, the decay 1 - rate * weight_decay, and rate.
-    m' = b1 m + (1 - b1) g, v' = b2 v + (1 - b2) g^2,
+    consts (10,) in the arrays' dtype: b1, 1 - b1, b2, 1 - b2, c1 = 1 - b1^t,
+    c2 = 1 - b2^t, eps, the decay 1 - rate * weight_decay, rate, and the gradient's
+    scale s (gradient clipping's factor; 1 leaves g as it is, exactly).
+    With g' = s g: m' = b1 m + (1 - b1) g', v' = b2 v + (1 - b2) g'^2,
     p' = p decay - rate (m' / c1) / (sqrt(v' / c2) + eps).
     """
     b1, nb1, b2, nb2 = consts[0], consts[1], consts[2], consts[3]
     c1, c2, eps, decay, rate = consts[4], consts[5], consts[6], consts[7], consts[8]
+    scale = consts[9]
     for i in range(p.shape[0]):
-        gi = g[i]
+        gi = g[i] * scale
         mi = b1 * m[i] + nb1 * gi
         vi = b2 * v[i] + nb2 * (gi * gi)
         m_out[i] = mi

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minidetr.backend import Array, compiled_kernel, namespace, to_numpy
+from minidetr.backend import Array, namespace, to_numpy
 from minidetr.kernels.optim_cpu import adamw_update, scaled_sum_of_squares
 
 Params = dict[str, Array]
@@ -48,10 +48,13 @@ def adamw_step(
     state: AdamWState,
     cfg: AdamWConfig,
     lr: dict[str, float] | float,
+    grad_scale: float = 1.0,
 ) -> tuple[Params, AdamWState]:
     """theta <- theta - lr (m_hat / (sqrt(v_hat) + eps) + wd theta), PyTorch's AdamW.
 
     ``lr`` is one rate, or one per parameter name (for a slower backbone).
+    ``grad_scale`` multiplies every gradient first: gradient clipping's factor (see
+    :func:`clip_scale`), applied here so that no scaled copy of the gradients is made.
     Returns new dicts; the inputs are left untouched. NumPy arrays of one float dtype
     take the one-pass loop ``kernels.optim_cpu.adamw_update``, with the same results.
     """
@@ -62,18 +65,23 @@ def adamw_step(
     t = state.step + 1
     c1, c2 = 1.0 - b1**t, 1.0 - b2**t
     new_params, new_m, new_v = {}, {}, {}
+    consts: dict[tuple[float, np.dtype], np.ndarray] = {}  # per rate and dtype, made once
     for name, p in params.items():
-        g = grads[name]
+        g, m0, v0 = grads[name], state.m[name], state.v[name]
         rate = lr[name] if isinstance(lr, dict) else lr
-        if _fused(p, g, state.m[name], state.v[name]):
-            consts = (b1, 1.0 - b1, b2, 1.0 - b2, c1, c2, cfg.eps, 1.0 - rate * cfg.weight_decay)
-            new_params[name], new_m[name], new_v[name] = _adamw_kernel(
-                p, g, state.m[name], state.v[name], np.array((*consts, rate), dtype=p.dtype)
-            )
+        if _fused(p, g, m0, v0):
+            key = (rate, p.dtype)
+            if key not in consts:
+                decay = 1.0 - rate * cfg.weight_decay
+                values = (b1, 1.0 - b1, b2, 1.0 - b2, c1, c2, cfg.eps, decay, rate, grad_scale)
+                consts[key] = np.array(values, dtype=p.dtype)
+            new_params[name], new_m[name], new_v[name] = _adamw_kernel(p, g, m0, v0, consts[key])
             continue
         xp = namespace(p)
-        m = b1 * state.m[name] + (1.0 - b1) * g
-        v = b2 * state.v[name] + (1.0 - b2) * (g * g)
+        if grad_scale != 1.0:
+            g = g * grad_scale
+        m = b1 * m0 + (1.0 - b1) * g
+        v = b2 * v0 + (1.0 - b2) * (g * g)
         update = (m / c1) / (xp.sqrt(v / c2) + cfg.eps)
         new_params[name] = p * (1.0 - rate * cfg.weight_decay) - rate * update
         new_m[name], new_v[name] = m, v
@@ -83,10 +91,13 @@ def adamw_step(
 def _fused(*arrays: Array) -> bool:
     """Whether the Numba loops take ``arrays``: NumPy arrays of one float dtype and shape."""
     first = arrays[0]
-    return compiled_kernel(first) == "numba" and all(
-        type(a) is type(first) and a.dtype == first.dtype and a.shape == first.shape
-        for a in arrays[1:]
-    )
+    if type(first) is not np.ndarray or first.dtype.char not in "fd":
+        return False
+    dtype, shape = first.dtype, first.shape
+    for a in arrays[1:]:
+        if type(a) is not np.ndarray or a.dtype != dtype or a.shape != shape:
+            return False
+    return True
 
 
 def _adamw_kernel(
@@ -140,15 +151,27 @@ def global_norm(grads: Params) -> float:
         return top * float(np.sqrt(np.sum((a / top) ** 2 * s)))
 
 
-def clip_grad_norm(grads: Params, max_norm: float) -> tuple[Params, float]:
-    """Scale all gradients by min(1, max_norm / ||g||); returns (grads, ||g|| before clipping).
+def clip_scale(norm: float, max_norm: float) -> float:
+    """The factor min(1, max_norm / (||g|| + 1e-6)) that clipping at ``max_norm`` applies.
 
-    A non-finite norm leaves the gradients as they are, for the caller to report.
+    1 when ``max_norm`` <= 0 (no clipping), when the norm is within it, or when the norm
+    is not finite (the gradients are left as they are, for the caller to report).
+    """
+    if max_norm <= 0 or norm <= max_norm or not math.isfinite(norm):
+        return 1.0
+    return max_norm / (norm + 1e-6)
+
+
+def clip_grad_norm(grads: Params, max_norm: float) -> tuple[Params, float]:
+    """Scale all gradients by :func:`clip_scale`; returns (grads, ||g|| before clipping).
+
+    The training loop passes the scale to :func:`adamw_step` instead, which applies it
+    without writing scaled copies.
     """
     norm = global_norm(grads)
-    if max_norm <= 0 or norm <= max_norm or not math.isfinite(norm):
+    scale = clip_scale(norm, max_norm)
+    if scale == 1.0:
         return grads, norm
-    scale = max_norm / (norm + 1e-6)
     return {k: g * scale for k, g in grads.items()}, norm
 
 
