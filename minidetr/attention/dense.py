@@ -13,9 +13,16 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import numpy as np
+
 from minidetr.attention.record import extra_attention_grad, record_attention_grad
-from minidetr.backend import Array, namespace
+from minidetr.backend import Array, compiled_kernel, namespace
 from minidetr.checks import check_dim, check_floating, check_ndim
+from minidetr.kernels.attention_softmax_cpu import (
+    normalize_rows,
+    scale_and_shift_rows,
+    softmax_backward_rows,
+)
 from minidetr.ops.linear import LinearCache, linear_backward, linear_forward
 
 
@@ -45,6 +52,17 @@ def scaled_dot_product_attention_forward(
     check_dim(v, -2, k.shape[-2], "v", "number of keys in k")
     xp = namespace(q, k, v)
     scale = 1.0 / math.sqrt(q.shape[-1])
+    fast = mask is None and k.shape[-2] > 0 and q.dtype == k.dtype  # no keys: the array code
+    if fast and compiled_kernel(q, k, v) == "numba":
+        # (..., Lq, Lk) in C order, so that its rows can be viewed flat: matmul keeps the
+        # batch axes' memory order of permuted inputs, which would make reshape a copy
+        batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2])
+        p = np.matmul(q, k.mT, out=np.empty((*batch, q.shape[-2], k.shape[-2]), dtype=q.dtype))
+        rows = p.reshape(-1, p.shape[-1])  # (R, Lk) view: the softmax runs in place
+        scale_and_shift_rows(rows, p.dtype.type(scale))  # the scale rounded as NumPy would
+        np.exp(p, out=p)
+        normalize_rows(rows)
+        return xp.matmul(p, v), AttentionCache(q, k, v, p, scale)
     s = xp.matmul(q, k.mT) * scale  # (..., Lq, Lk)
     if mask is None:
         s = s - xp.max(s, axis=-1, keepdims=True)
@@ -78,7 +96,17 @@ def scaled_dot_product_attention_backward(
     if extra is not None:
         dp = dp + extra
     record_attention_grad(cache, dp)  # kept only while explanations record dL/dA
-    ds = p * (dp - xp.sum(dp * p, axis=-1, keepdims=True)) * cache.scale  # softmax backward
+    same = p.dtype == dp.dtype and p.shape == dp.shape and p.shape[-1] > 0
+    if same and compiled_kernel(p, dp) == "numba":
+        ds = np.empty(p.shape, dtype=p.dtype)  # one loop over the rows, below
+        softmax_backward_rows(
+            np.ascontiguousarray(p).reshape(-1, p.shape[-1]),
+            np.ascontiguousarray(dp).reshape(-1, p.shape[-1]),
+            cache.scale,
+            ds.reshape(-1, p.shape[-1]),
+        )
+    else:  # softmax backward
+        ds = p * (dp - xp.sum(dp * p, axis=-1, keepdims=True)) * cache.scale
     dq = xp.matmul(ds, k)  # (..., Lq, d)
     dk = xp.matmul(ds.mT, q)  # (..., Lk, d)
     dq, dk, dv = _unbroadcast(dq, q.shape), _unbroadcast(dk, k.shape), _unbroadcast(dv, v.shape)
