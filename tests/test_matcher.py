@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment as scipy_lsa
 from scipy.spatial.distance import cdist
 
+from minidetr.boxes import box_cxcywh_to_xyxy
 from minidetr.setloss.matching import HungarianMatcher
 
 # ---------------------------------------------------------------- inputs and oracle
@@ -238,3 +239,59 @@ def test_bad_targets_and_weights_are_refused(rng):
         )
     with pytest.raises(TypeError, match="must be a dict"):
         HungarianMatcher()(outputs["pred_logits"], targets)
+
+
+# ---------------------------------------------------------------- the compiled cost
+
+
+def _looped_cost(matcher, outputs, targets):
+    """The matcher's cost with its compiled loop switched off: the per-image array code."""
+    compiled = HungarianMatcher._compiled_cost
+    HungarianMatcher._compiled_cost = lambda self, *args: None
+    try:
+        return matcher.cost(outputs, targets)
+    finally:
+        HungarianMatcher._compiled_cost = compiled
+
+
+@given(
+    st.lists(st.integers(0, 7), min_size=1, max_size=5),
+    st.integers(0, 2**32 - 1),
+    st.booleans(),
+    st.sampled_from([np.float32, np.float64]),
+)
+def test_compiled_cost_equals_the_per_image_code_bit_for_bit(counts, seed, focal, dtype):
+    """Same arithmetic in the same order and dtype: equal costs, hence equal matches."""
+    outputs, targets = make_batch(np.random.default_rng(seed), counts, focal=focal)
+    outputs = {k: v.astype(dtype) for k, v in outputs.items()}
+    targets = [{"labels": t["labels"], "boxes": t["boxes"].astype(dtype)} for t in targets]
+    matcher = HungarianMatcher(1.5, 4.0, 2.5, focal=focal)
+    got, want = matcher.cost(outputs, targets), _looped_cost(matcher, outputs, targets)
+    assert got.dtype == want.dtype == dtype and got.shape == want.shape == (sum(counts), 9)
+    np.testing.assert_array_equal(got, want)
+    logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
+    compiled = matcher._compiled_cost(
+        matcher._class_cost(logits), boxes, box_cxcywh_to_xyxy(boxes), targets
+    )
+    assert (compiled is None) == (sum(counts) == 0)  # the loop ran, unless nothing to match
+
+
+def test_compiled_cost_leaves_far_predictions_to_the_rescaling_code(rng):
+    """Predicted corners beyond GIoU's safe range take the per-image code, which rescales."""
+    outputs, targets = make_batch(rng, [2, 3])
+    outputs["pred_boxes"] = outputs["pred_boxes"].astype(np.float32)
+    targets = [{"labels": t["labels"], "boxes": t["boxes"].astype(np.float32)} for t in targets]
+    outputs["pred_boxes"][1, 4, 2:] = 1e30  # a huge but finite box
+    matcher = HungarianMatcher()
+    assert (
+        matcher._compiled_cost(
+            -outputs["pred_logits"].astype(np.float32),
+            outputs["pred_boxes"],
+            outputs["pred_boxes"] * 2,
+            targets,
+        )
+        is None
+    )
+    np.testing.assert_array_equal(
+        matcher.cost(outputs, targets), _looped_cost(matcher, outputs, targets)
+    )

@@ -13,9 +13,10 @@ unlabelled (Deformable DETR): with p = sigmoid(x),
 
 Each image's T x Q block is built in the outputs' array namespace, one block per
 image (DETR builds the whole (B Q) x (sum T) matrix and keeps only its diagonal
-blocks; here only the blocks are made). The blocks are stacked one below the
-other, one row per target of the batch, and cross to the host once, through
-``backend.to_numpy``, the one named boundary. ``linear_sum_assignment_stacked``
+blocks; here only the blocks are made); on NumPy arrays one compiled loop
+(``kernels.matching_cost_cpu``) writes every block with the same arithmetic. The
+blocks are stacked one below the other, one row per target of the batch, and cross
+to the host once, through ``backend.to_numpy``, the one named boundary. ``linear_sum_assignment_stacked``
 then solves every image in one compiled call, reading each block in place.
 
 The matching is held fixed: it picks indices and has no gradient, as DETR's
@@ -40,9 +41,11 @@ from minidetr.assignment import (
     linear_sum_assignment_batch,
     linear_sum_assignment_stacked,
 )
-from minidetr.backend import Array, namespace, to_numpy
+from minidetr.backend import Array, compiled_kernel, namespace, to_numpy
 from minidetr.boxes import box_cxcywh_to_xyxy, generalized_box_iou
+from minidetr.boxes.checks import safe_coordinate_limit
 from minidetr.checks import check_floating
+from minidetr.kernels.matching_cost_cpu import stacked_matching_cost
 from minidetr.ops.softmax import softmax_forward
 from minidetr.outputs import Predictions, SetOutputs
 from minidetr.setloss.focal import sigmoid_focal_loss_forward
@@ -133,6 +136,9 @@ class HungarianMatcher:
         n_queries = logits.shape[1]
         class_cost = self._class_cost(logits)  # (B, Q, K)
         pred_xyxy = box_cxcywh_to_xyxy(boxes)  # (B, Q, 4)
+        stacked = self._compiled_cost(class_cost, boxes, pred_xyxy, targets)
+        if stacked is not None:
+            return stacked
         blocks = []
         for b, target in enumerate(targets):
             labels, tgt_boxes = target["labels"], target["boxes"]  # (T,), (T, 4)
@@ -149,6 +155,40 @@ class HungarianMatcher:
         if not blocks:
             return xp.zeros((0, n_queries), dtype=logits.dtype, device=logits.device)
         return xp.concat(blocks, axis=0)  # (S, Q)
+
+    def _compiled_cost(
+        self, class_cost: Array, boxes: Array, pred_xyxy: Array, targets: list[dict]
+    ) -> np.ndarray | None:
+        """The stacked costs from ``kernels.matching_cost_cpu`` (the same numbers as the
+        loop over images in :meth:`cost`), or None where that loop must run: arrays other
+        than NumPy float ones of one dtype, no targets, or predicted coordinates beyond
+        GIoU's safe range (the loop rescales those per image)."""
+        dtype = boxes.dtype
+        if compiled_kernel(class_cost, boxes, pred_xyxy) != "numba" or class_cost.dtype != dtype:
+            return None
+        present = [(b, t) for b, t in enumerate(targets) if t["labels"].shape[0] > 0]
+        if not present or any(type(t["boxes"]) is not np.ndarray for _, t in present):
+            return None
+        tgt = np.concatenate([t["boxes"] for _, t in present])  # (S, 4), checked in [0, 1]
+        if tgt.dtype != dtype or not np.abs(pred_xyxy).max() <= safe_coordinate_limit(boxes):
+            return None
+        labels = np.concatenate([t["labels"] for _, t in present]).astype(np.int64)  # (S,)
+        counts = [t["labels"].shape[0] for _, t in present]
+        image = np.repeat(np.array([b for b, _ in present], dtype=np.int64), counts)  # (S,)
+        weights = np.array((self.cost_class, self.cost_bbox, self.cost_giou), dtype=dtype)
+        out = np.empty((tgt.shape[0], boxes.shape[1]), dtype=dtype)  # (S, Q)
+        stacked_matching_cost(
+            np.ascontiguousarray(class_cost),
+            np.ascontiguousarray(boxes),
+            np.ascontiguousarray(pred_xyxy),
+            image,
+            labels,
+            tgt,
+            box_cxcywh_to_xyxy(tgt),
+            weights,
+            out,
+        )
+        return out
 
     def _class_cost(self, logits: Array) -> Array:
         """(B, Q, K): the cost of labelling query q with class k."""
