@@ -63,8 +63,9 @@ def test_adamw_kernel_equals_the_array_code_bit_for_bit(dtype, seed, step, wd):
 
 def test_adamw_kernel_runs_on_numpy_only_and_one_dtype(xp, monkeypatch):
     calls = []
-    kernel = optim.adamw_update
-    monkeypatch.setattr(optim, "adamw_update", lambda *a: calls.append(1) or kernel(*a))
+    for name in ("adamw_update", "adamw_update_segments"):
+        kernel = getattr(optim, name)
+        monkeypatch.setattr(optim, name, lambda *a, k=kernel: calls.append(1) or k(*a))
     params = {"w": xp.asarray(np.arange(6.0).reshape(2, 3))}
     state = optim.adamw_init(params)
     adamw_step(params, params, state, AdamWConfig(), lr=0.1)
@@ -73,6 +74,48 @@ def test_adamw_kernel_runs_on_numpy_only_and_one_dtype(xp, monkeypatch):
         mixed = {"w": params["w"].astype(np.float32)}
         new, _ = adamw_step(params, mixed, state, AdamWConfig(), lr=0.1)
         assert len(calls) == 1 and new["w"].dtype == np.float64
+
+
+def _per_parameter(fn, *args):
+    """``fn(*args)`` with the one-buffer path switched off: one kernel call per parameter."""
+    saved = optim._flat_inputs
+    optim._flat_inputs = lambda *a: None
+    try:
+        return fn(*args)
+    finally:
+        optim._flat_inputs = saved
+
+
+@given(st.sampled_from([np.float32, np.float64]), st.integers(0, 2**32 - 1))
+def test_one_buffer_steps_equal_per_parameter_steps_bit_for_bit(dtype, seed):
+    """Three steps: the first copies into buffers, the next read the returned views in place;
+    both equal the per-parameter kernel (and so the array code) exactly."""
+    params = _arrays(seed, dtype)
+    rates = {k: 1e-3 * (i + 1) for i, k in enumerate(params)}
+    ours, theirs = (params, optim.adamw_init(params)), (params, optim.adamw_init(params))
+    for step in range(3):
+        grads = _arrays(seed + 10 + step, dtype, spread=3.0)
+        ours = adamw_step(ours[0], grads, ours[1], AdamWConfig(), rates, 0.5)
+        theirs = _per_parameter(adamw_step, theirs[0], grads, theirs[1], AdamWConfig(), rates, 0.5)
+        assert ours[1].flat is not None and theirs[1].flat is None
+        for got, want in ((ours[0], theirs[0]), (ours[1].m, theirs[1].m), (ours[1].v, theirs[1].v)):
+            for k in want:
+                assert got[k].shape == want[k].shape and got[k].dtype == want[k].dtype, k
+                np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    assert all(ours[0][k].base is ours[1].flat.p for k in params)  # views of one buffer
+
+
+def test_one_buffer_step_copies_again_when_a_parameter_was_replaced(rng):
+    """A parameter swapped for another array (a restored checkpoint, a user's edit) is not
+    a view of the buffer: the step copies the inputs again instead of reading stale memory."""
+    params = {"a": rng.standard_normal((3, 2)), "b": rng.standard_normal(4)}
+    grads = {k: np.ones_like(p) for k, p in params.items()}
+    params, state = adamw_step(params, grads, optim.adamw_init(params), AdamWConfig(), 0.1)
+    swapped = {**params, "b": np.full(4, 7.0)}
+    got, _ = adamw_step(swapped, grads, state, AdamWConfig(), 0.1)
+    want, _ = _plain(adamw_step, swapped, grads, state, AdamWConfig(), 0.1)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
 
 
 def test_adamw_kernel_takes_non_contiguous_arrays():
@@ -141,3 +184,23 @@ def test_clip_scale_leaves_small_and_non_finite_norms_alone():
     assert optim.clip_scale(math.inf, 0.1) == 1.0 and optim.clip_scale(math.nan, 0.1) == 1.0
     assert optim.clip_scale(5.0, 0.0) == 1.0  # max_norm 0: no clipping
     assert optim.clip_scale(5.0, 0.1) == pytest.approx(0.1 / 5.0)
+
+
+def test_pooled_buffers_never_overwrite_arrays_still_held(rng):
+    """Steps reuse the buffers nobody holds; parameters and moments kept from an earlier
+    step (a pending checkpoint, an undone trial step) stay as they were."""
+    params = {"a": rng.standard_normal((5, 3)).astype(np.float32), "b": np.ones(7, np.float32)}
+    state = optim.adamw_init(params)
+    held = []
+    for step in range(8):
+        grads = {k: rng.standard_normal(p.shape).astype(np.float32) for k, p in params.items()}
+        params, state = adamw_step(params, grads, state, AdamWConfig(), 0.1)
+        if step in (1, 4):
+            held.append((params, state, {k: p.copy() for k, p in params.items()}))
+    for kept_params, kept_state, copies in held:
+        for k in copies:
+            np.testing.assert_array_equal(kept_params[k], copies[k])
+        assert kept_state.m["a"].base is kept_state.flat.m  # still views of their buffer
+    pool = state.flat.pool
+    assert len(pool) <= optim.POOL_SIZE and len({id(b) for b in pool}) == len(pool)
+    assert len(pool) < 8 * 4  # buffers are reused, not one set per step

@@ -51,6 +51,33 @@ def adamw_update(p, g, m, v, p_out, m_out, v_out, consts):
         p_out[i] = p[i] * decay - rate * ((mi / c1) / (np.sqrt(vi / c2) + eps))
 
 
+@njit(cache=True, error_model="numpy")
+def adamw_update_segments(p, g, m, v, offsets, consts, p_out, m_out, v_out):
+    """``adamw_update`` of every parameter of one flat buffer in one call.
+
+    p, g, m, v, p_out, m_out, v_out (N,): parameter k is entries offsets[k] to
+    offsets[k + 1] - 1, with constants consts[k] (P, 10) laid out as in
+    ``adamw_update``. The same arithmetic, so the same results bit for bit.
+    """
+    for k in range(offsets.shape[0] - 1):
+        b1, nb1, b2, nb2 = consts[k, 0], consts[k, 1], consts[k, 2], consts[k, 3]
+        c1, c2, eps, decay, rate = (
+            consts[k, 4],
+            consts[k, 5],
+            consts[k, 6],
+            consts[k, 7],
+            consts[k, 8],
+        )
+        scale = consts[k, 9]
+        for i in range(np.uint64(offsets[k]), np.uint64(offsets[k + 1])):  # unsigned: SIMD
+            gi = g[i] * scale
+            mi = b1 * m[i] + nb1 * gi
+            vi = b2 * v[i] + nb2 * (gi * gi)
+            m_out[i] = mi
+            v_out[i] = vi
+            p_out[i] = p[i] * decay - rate * ((mi / c1) / (np.sqrt(vi / c2) + eps))
+
+
 @njit(cache=True, error_model="numpy", fastmath={"reassoc"})
 def _sum_of_squares(g, scale):
     """sum_i (g_i / scale)^2 in float64; ``reassoc`` lets the sum run in SIMD lanes (NaN and
