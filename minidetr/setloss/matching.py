@@ -16,8 +16,9 @@ image (DETR builds the whole (B Q) x (sum T) matrix and keeps only its diagonal
 blocks; here only the blocks are made); on NumPy arrays one compiled loop
 (``kernels.matching_cost_cpu``) writes every block with the same arithmetic. The
 blocks are stacked one below the other, one row per target of the batch, and cross
-to the host once, through ``backend.to_numpy``, the one named boundary. ``linear_sum_assignment_stacked``
-then solves every image in one compiled call, reading each block in place.
+to the host once, through ``backend.to_numpy``, the one named boundary.
+``linear_sum_assignment_stacked`` then solves every image in one compiled call,
+reading each block in place.
 
 The matching is held fixed: it picks indices and has no gradient, as DETR's
 matcher runs under ``torch.no_grad()``.

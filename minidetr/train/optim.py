@@ -175,7 +175,9 @@ def _flat_inputs(params: Params, grads: Params, state: AdamWState) -> tuple | No
                 return None
         sizes = [params[n].size for n in names]
         offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])  # (P + 1,)
-        p, m, v = (np.concatenate([d[n].reshape(-1) for n in names]) for d in (params, *state[1:3]))
+        p, m, v = (
+            np.concatenate([d[n].reshape(-1) for n in names]) for d in (params, state.m, state.v)
+        )
     pool = prev.pool if prev is not None else []
     g = _buffer(pool, int(offsets[-1]), dtype)
     np.concatenate([grads[n].reshape(-1) for n in names], out=g)  # (N,)

@@ -323,10 +323,13 @@ class TrackRun:
                 raise ValueError(f"track parameters {sorted(mine)} do not fit this config")
             self.track_params = mine
         if opt_state is not None:
-            split = [{k: v for k, v in d.items() if not k.startswith(TRACK)} for d in opt_state[1:]]
+            split = [
+                {k: v for k, v in d.items() if not k.startswith(TRACK)}
+                for d in (opt_state.m, opt_state.v)
+            ]
             run.opt_state = AdamWState(opt_state.step, *split)
             if mine:
-                m, v = ({k: d[TRACK + k] for k in mine} for d in opt_state[1:])
+                m, v = ({k: d[TRACK + k] for k in mine} for d in (opt_state.m, opt_state.v))
                 self.track_opt = AdamWState(int(meta.get("track_opt_step", 0)), m, v)
         run.step, run.history = int(meta["step"]), list(meta.get("history", []))
 
