@@ -557,10 +557,16 @@ def report(contenders, args, with_torch, wall, load) -> None:
                 )
     if not with_torch:
         print("PyTorch is not installed (or --no-torch): minidetr only.")
+    busy = max(load) > (os.cpu_count() or 1)
     print(
         f"\nwhole run {wall:.0f} s; load average (1 min) {load[0]:.1f} at the start, "
-        f"{load[1]:.1f} at the end, on {os.cpu_count()} CPUs (above the CPU count, other "
-        "jobs shared the cores: trust the best column more than the median)"
+        f"{load[1]:.1f} at the end, on {os.cpu_count()} CPUs "
+        + (
+            "(above the CPU count, other jobs shared the cores: trust the best column more "
+            "than the median)"
+            if busy
+            else "(within the CPU count: the benchmark's own workers, nothing else to speak of)"
+        )
     )
 
 
