@@ -24,14 +24,19 @@ def _arrays(seed, dtype, spread=1.0):
     }
 
 
-def _plain(fn, *args):
-    """``fn(*args)`` with the Numba loops switched off: the array code on the same arrays."""
-    saved = optim._fused
-    optim._fused = lambda *arrays: False
+def _without(name, replacement, fn, *args):
+    """``fn(*args)`` with ``optim.<name>`` replaced for the call."""
+    saved = getattr(optim, name)
+    setattr(optim, name, replacement)
     try:
         return fn(*args)
     finally:
-        optim._fused = saved
+        setattr(optim, name, saved)
+
+
+def _plain(fn, *args):
+    """``fn(*args)`` with the Numba loops switched off: the array code on the same arrays."""
+    return _without("_fused", lambda *arrays: False, fn, *args)
 
 
 @given(
@@ -78,12 +83,7 @@ def test_adamw_kernel_runs_on_numpy_only_and_one_dtype(xp, monkeypatch):
 
 def _per_parameter(fn, *args):
     """``fn(*args)`` with the one-buffer path switched off: one kernel call per parameter."""
-    saved = optim._flat_inputs
-    optim._flat_inputs = lambda *a: None
-    try:
-        return fn(*args)
-    finally:
-        optim._flat_inputs = saved
+    return _without("_flat_inputs", lambda *a: None, fn, *args)
 
 
 @given(st.sampled_from([np.float32, np.float64]), st.integers(0, 2**32 - 1))

@@ -42,6 +42,12 @@ def _taps_inside(k: int, padding: int, stride: int, w: int, wo: int) -> np.ndarr
 
 
 @njit(cache=True)
+def _tap_ranges(k, padding, stride, h, w, ho, wo):
+    """(rows, cols), (K, 2) each: :func:`_taps_inside` of every tap down and across."""
+    return _taps_inside(k, padding, stride, h, ho), _taps_inside(k, padding, stride, w, wo)
+
+
+@njit(cache=True)
 def im2col(x: np.ndarray, k: int, stride: int, padding: int, ho: int, wo: int) -> np.ndarray:
     """cols[c*K*K + u*K + v, (b*Ho + i)*Wo + j] = x_pad[b, c, s*i + u, s*j + v].
 
@@ -56,10 +62,7 @@ def im2col(x: np.ndarray, k: int, stride: int, padding: int, ho: int, wo: int) -
     n = b_ * ho * wo
     cols = np.zeros((c_ * k * k, n), dtype=x.dtype)  # (C*K*K, B*Ho*Wo)
     x_flat, cols_flat = x.reshape(-1), cols.reshape(-1)
-    rows_in, cols_in = (
-        _taps_inside(k, padding, stride, h, ho),
-        _taps_inside(k, padding, stride, w, wo),
-    )
+    rows_in, cols_in = _tap_ranges(k, padding, stride, h, w, ho, wo)  # (K, 2) each
     step = np.uint64(stride)
     same = stride == 1 and wo == w
     for c in range(c_):
@@ -135,10 +138,7 @@ def _col2im_planes(dcols_t, dx, k, stride, padding, wo):
     b_, c_, h, w = dx.shape
     ho = n // (b_ * wo)
     dx_flat, dcols_flat = dx.reshape(-1), dcols_t.reshape(-1)
-    rows_in, cols_in = (
-        _taps_inside(k, padding, stride, h, ho),
-        _taps_inside(k, padding, stride, w, wo),
-    )
+    rows_in, cols_in = _tap_ranges(k, padding, stride, h, w, ho, wo)  # (K, 2) each
     step, row_step = np.uint64(stride), np.uint64(ckk)
     for b in range(b_):
         for c in range(c_):

@@ -57,25 +57,20 @@ def adamw_update_segments(p, g, m, v, offsets, consts, p_out, m_out, v_out):
 
     p, g, m, v, p_out, m_out, v_out (N,): parameter k is entries offsets[k] to
     offsets[k + 1] - 1, with constants consts[k] (P, 10) laid out as in
-    ``adamw_update``. The same arithmetic, so the same results bit for bit.
+    ``adamw_update``, which runs on each segment: the same results bit for bit.
     """
     for k in range(offsets.shape[0] - 1):
-        b1, nb1, b2, nb2 = consts[k, 0], consts[k, 1], consts[k, 2], consts[k, 3]
-        c1, c2, eps, decay, rate = (
-            consts[k, 4],
-            consts[k, 5],
-            consts[k, 6],
-            consts[k, 7],
-            consts[k, 8],
+        lo, hi = offsets[k], offsets[k + 1]
+        adamw_update(
+            p[lo:hi],
+            g[lo:hi],
+            m[lo:hi],
+            v[lo:hi],
+            p_out[lo:hi],
+            m_out[lo:hi],
+            v_out[lo:hi],
+            consts[k],
         )
-        scale = consts[k, 9]
-        for i in range(np.uint64(offsets[k]), np.uint64(offsets[k + 1])):  # unsigned: SIMD
-            gi = g[i] * scale
-            mi = b1 * m[i] + nb1 * gi
-            vi = b2 * v[i] + nb2 * (gi * gi)
-            m_out[i] = mi
-            v_out[i] = vi
-            p_out[i] = p[i] * decay - rate * ((mi / c1) / (np.sqrt(vi / c2) + eps))
 
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc"})
