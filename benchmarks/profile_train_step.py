@@ -6,8 +6,8 @@ Runs ``Run.train_step`` (what ``minidetr train`` does each iteration; batch 16,
 float32, one BLAS and Numba thread) after two warm-up steps, three times over:
 
 1. stage times: each stage's function (drawing the batch, model forward, criterion
-   forward with matching, criterion backward, model backward, the gradient norm,
-   AdamW with the clipping factor) is wrapped in a CPU-time clock
+   forward with matching, criterion backward, model backward, the gradient norm with
+   clipping and AdamW) is wrapped in a CPU-time clock
    (``time.process_time``: other jobs on the cores do not count), with nothing else
    instrumented;
 2. the matrix-product census: every ``matmul`` of the array namespace timed and
@@ -45,8 +45,7 @@ def stages(run: Run) -> list[tuple[str, object, str]]:
         ("  of which Hungarian matching", type(run.criterion.matcher), "match"),
         ("criterion backward", type(run.criterion), "backward"),
         ("model backward", type(run.model), "backward"),
-        ("gradient norm (for clipping)", loop, "global_norm"),
-        ("AdamW (clipping fused)", loop, "adamw_step"),
+        ("gradient norm, clipping and AdamW", loop, "clipped_adamw_step"),
     ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array_api_compat
 import array_api_compat.numpy as compat
 import numpy as np
 import pytest
@@ -33,6 +34,10 @@ def test_numpy_own_functions_answer_as_the_compat_wrappers(dtype):
         ("astype", (x, np.float32), {}),
         ("astype", (x, dtype), {"copy": False}),
         ("astype", (x, np.int32), {"copy": True, "device": "cpu"}),
+        ("reshape", (x, (6, 4)), {}),
+        ("reshape", (x.mT, (-1,)), {}),  # not viewable flat: a copy, in both
+        ("reshape", (x, (4, 6)), {"copy": True}),
+        ("reshape", (x, (24,)), {"copy": False}),
     ]
     for name, args, kwargs in calls:
         if name == "matmul" and dtype == np.bool_:
@@ -45,6 +50,9 @@ def test_numpy_own_functions_answer_as_the_compat_wrappers(dtype):
             assert got is x  # no copy asked and none needed, in both
     with pytest.raises(ValueError):
         NUMPY.zeros_like(x, device="gpu")
+    with pytest.raises(ValueError):  # a view is impossible and no copy is allowed, in both
+        NUMPY.reshape(x.mT, (-1,), copy=False)
+    assert backend.device(x) == array_api_compat.device(x) == "cpu"
 
 
 def test_compiled_kernel_of_one_array():

@@ -204,3 +204,25 @@ def test_pooled_buffers_never_overwrite_arrays_still_held(rng):
     pool = state.flat.pool
     assert len(pool) <= optim.POOL_SIZE and len({id(b) for b in pool}) == len(pool)
     assert len(pool) < 8 * 4  # buffers are reused, not one set per step
+
+
+@given(st.sampled_from([np.float32, np.float64]), st.integers(0, 2**32 - 1), st.booleans())
+def test_clipped_step_is_norm_then_clip_then_adamw(dtype, seed, one_buffer):
+    """The training loop's one call: the norm of the gradients (over the flat buffer, or per
+    parameter), then AdamW with clipping's factor, as the three separate functions give."""
+    params, grads = _arrays(seed, dtype), _arrays(seed + 1, dtype, spread=3.0)
+    state = optim.adamw_init(params)
+    run = (lambda f, *a: f(*a)) if one_buffer else _per_parameter
+    got_p, got_s, norm = run(
+        optim.clipped_adamw_step, params, grads, state, AdamWConfig(), 1e-3, 0.1
+    )
+    assert norm == pytest.approx(global_norm(grads), rel=1e-12)
+    assert (got_s.flat is not None) == one_buffer
+    want_p, want_s = run(
+        adamw_step, params, grads, state, AdamWConfig(), 1e-3, optim.clip_scale(norm, 0.1)
+    )
+    for got, want in ((got_p, want_p), (got_s.m, want_s.m), (got_s.v, want_s.v)):
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    with pytest.raises(ValueError, match="grads has no entry"):
+        optim.clipped_adamw_step(params, {}, state, AdamWConfig(), 1e-3, 0.1)

@@ -49,8 +49,7 @@ from minidetr.train.optim import (
     AdamWConfig,
     AdamWState,
     adamw_init,
-    adamw_step,
-    clip_scale,
+    clipped_adamw_step,
     global_norm,
     learning_rate,
 )
@@ -167,14 +166,14 @@ class Run:
         else:
             with adding_penalty_grads(penalty_grads):
                 grads = self.model.backward(output_grads, cache)
-        norm = global_norm(grads)  # clipped inside AdamW, by clip_scale below
-        check_gradients(self.step, grads, norm, self.history, cfg.lr)
         lr = learning_rate(self.step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.final_lr_ratio)
         rates = {k: lr * (cfg.backbone_lr_ratio if _is_backbone(k) else 1.0) for k in self.params}
         rates.update({k: 0.0 for k in self.params if is_frozen(k)})  # frozen BatchNorm constants
-        self.params, self.opt_state = adamw_step(
-            self.params, grads, self.opt_state, self.opt_cfg, rates, clip_scale(norm, cfg.clip_norm)
+        params, opt_state, norm = clipped_adamw_step(
+            self.params, grads, self.opt_state, self.opt_cfg, rates, cfg.clip_norm
         )
+        check_gradients(self.step, grads, norm, self.history, cfg.lr)  # else the update is dropped
+        self.params, self.opt_state = params, opt_state
         if self.ema is not None:
             self.ema = ema_update(self.ema, self.params, cfg.ema_decay)
         self.step += 1

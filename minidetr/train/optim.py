@@ -112,9 +112,7 @@ def adamw_step(
     Returns new dicts; the inputs are left untouched. NumPy arrays of one float dtype
     take the one-pass loop ``kernels.optim_cpu.adamw_update``, with the same results.
     """
-    missing = params.keys() - grads.keys()
-    if missing:
-        raise ValueError(f"grads has no entry for parameters {sorted(missing)[:5]}")
+    _check_grads(params, grads)
     b1, b2 = cfg.betas
     t = state.step + 1
     c1, c2 = 1.0 - b1**t, 1.0 - b2**t
@@ -143,6 +141,37 @@ def adamw_step(
         new_params[name] = p * (1.0 - rate * cfg.weight_decay) - rate * update
         new_m[name], new_v[name] = m, v
     return new_params, AdamWState(t, new_m, new_v)
+
+
+def clipped_adamw_step(
+    params: Params,
+    grads: Params,
+    state: AdamWState,
+    cfg: AdamWConfig,
+    lr: dict[str, float] | float,
+    max_norm: float,
+) -> tuple[Params, AdamWState, float]:
+    """:func:`global_norm`, :func:`clip_scale` and :func:`adamw_step` in one call.
+
+    Returns (new params, new state, ||g|| before clipping). When the one-buffer path runs,
+    the norm is taken over the flat gradient buffer the update reads: one pass instead of
+    a call per parameter, the same norm to float64 rounding. A non-finite norm leaves the
+    gradients unscaled, and the caller decides what to do with the update.
+    """
+    _check_grads(params, grads)
+    flat = _flat_inputs(params, grads, state)
+    if flat is None:
+        norm = global_norm(grads)
+        return (*adamw_step(params, grads, state, cfg, lr, clip_scale(norm, max_norm)), norm)
+    norm = global_norm({"all": flat[2]})
+    scale = clip_scale(norm, max_norm)
+    return (*_adamw_flat(params, state, cfg, lr, scale, state.step + 1, flat), norm)
+
+
+def _check_grads(params: Params, grads: Params) -> None:
+    missing = params.keys() - grads.keys()
+    if missing:
+        raise ValueError(f"grads has no entry for parameters {sorted(missing)[:5]}")
 
 
 def _flat_inputs(params: Params, grads: Params, state: AdamWState) -> tuple | None:
