@@ -48,7 +48,10 @@ class FlatBuffers(NamedTuple):
     pool: list[np.ndarray]
 
 
-POOL_SIZE = 10  # a step holds 7 buffers (its inputs and outputs), a pending checkpoint 3
+# A step holds 7 buffers: the gradients, its inputs p, m, v and its outputs. Buffers kept
+# beyond that (a pending checkpoint's) are allocated outside the pool and freed with their
+# holder, so a run keeps no more memory than the per-parameter arrays did.
+POOL_SIZE = 7
 
 
 def _unreferenced_count() -> int:
