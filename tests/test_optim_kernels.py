@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from minidetr.kernels import optim_cpu
-from minidetr.train import optim
+from minidetr.train import buffers, optim
 from minidetr.train.optim import AdamWConfig, AdamWState, adamw_step, global_norm
 
 SHAPES = [(3,), (4, 5), (2, 3, 3, 3), (1,), (0, 4)]
@@ -203,7 +203,7 @@ def test_pooled_buffers_never_overwrite_arrays_still_held(rng):
             np.testing.assert_array_equal(kept_params[k], copies[k])
         assert kept_state.m["a"].base is kept_state.flat.m  # still views of their buffer
     pool = state.flat.pool
-    assert len(pool) <= optim.POOL_SIZE and len({id(b) for b in pool}) == len(pool)
+    assert len(pool) <= buffers.POOL_SIZE and len({id(b) for b in pool}) == len(pool)
     assert len(pool) < 8 * 4  # buffers are reused, not one set per step
 
 
@@ -227,3 +227,15 @@ def test_clipped_step_is_norm_then_clip_then_adamw(dtype, seed, one_buffer):
             np.testing.assert_array_equal(got[k], want[k], err_msg=k)
     with pytest.raises(ValueError, match="grads has no entry"):
         optim.clipped_adamw_step(params, {}, state, AdamWConfig(), 1e-3, 0.1)
+
+
+def test_params_norm_reads_the_flat_buffer_and_equals_the_global_norm(rng):
+    params = {"a": rng.standard_normal((4, 3)), "b": rng.standard_normal(5)}
+    grads = {k: np.ones_like(p) for k, p in params.items()}
+    state = optim.adamw_init(params)
+    assert optim.params_norm(params, state) == global_norm(params)  # no buffer yet
+    params, state = adamw_step(params, grads, state, AdamWConfig(), 0.1)
+    assert params["a"].base is state.flat.p
+    assert optim.params_norm(params, state) == pytest.approx(global_norm(params), rel=1e-14)
+    swapped = {**params, "b": np.full(5, 9.0)}  # not a view of the buffer: the per-array norm
+    assert optim.params_norm(swapped, state) == global_norm(swapped)

@@ -52,6 +52,7 @@ from minidetr.train.optim import (
     clipped_adamw_step,
     global_norm,
     learning_rate,
+    params_norm,
 )
 from minidetr.train.prefetch import Prefetcher, batch_indices
 from minidetr.train.progress import progress_bar  # noqa: F401  (the lesson imports it from here)
@@ -224,7 +225,7 @@ class Run:
 
     def check_update(self) -> None:
         """Raise ``TrainingError`` unless the parameters after the last step are sound."""
-        norm = global_norm(self.params)
+        norm = params_norm(self.params, self.opt_state)
         check_parameters(self.step - 1, self.params, norm, self.initial_norm, self.cfg.lr)
 
     def vet(self) -> None:

@@ -8,7 +8,6 @@ Regularization" (2019); Kingma and Ba, "Adam" (2015).
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -20,6 +19,7 @@ from minidetr.kernels.optim_cpu import (
     adamw_update_segments,
     scaled_sum_of_squares,
 )
+from minidetr.train.buffers import FlatBuffers, pooled_buffer
 
 Params = dict[str, Array]
 
@@ -30,57 +30,6 @@ class AdamWConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 1e-4
-
-
-class FlatBuffers(NamedTuple):
-    """One flat buffer each for the parameters, m and v that an AdamW step returned.
-
-    Parameter ``names[k]`` is entries offsets[k] to offsets[k + 1] - 1 of each; the
-    returned dicts hold views of these buffers, so the next step reads them in place.
-    ``pool`` holds the buffers of the run's steps for reuse (see :func:`_buffer`).
-    """
-
-    names: tuple[str, ...]
-    offsets: np.ndarray  # (P + 1,) int64
-    p: np.ndarray  # (N,)
-    m: np.ndarray  # (N,)
-    v: np.ndarray  # (N,)
-    pool: list[np.ndarray]
-
-
-# A step holds 7 buffers: the gradients, its inputs p, m, v and its outputs. Buffers kept
-# beyond that (a pending checkpoint's) are allocated outside the pool and freed with their
-# holder, so a run keeps no more memory than the per-parameter arrays did.
-POOL_SIZE = 7
-
-
-def _unreferenced_count() -> int:
-    """What getrefcount says, in :func:`_buffer`'s loop, of a pooled array nothing else holds:
-    measured rather than assumed, since interpreters count borrowed references differently."""
-    for buf in [np.empty(1)]:
-        return sys.getrefcount(buf)
-    raise AssertionError("unreachable")
-
-
-_UNREFERENCED = _unreferenced_count()
-
-
-def _buffer(pool: list[np.ndarray], n: int, dtype: np.dtype) -> np.ndarray:
-    """An uninitialised (n,) array: a pooled one that nothing references any more, else new.
-
-    A step writes four buffers of all the parameters' size. Fresh ones cost page faults
-    each step (the allocator returns blocks this big to the system when freed): about
-    1.5 ms of a ``standard`` step. A pooled buffer that only the pool references (on
-    CPython 3.11: the pool's slot, this loop's name and getrefcount's argument) has no
-    view alive, since every NumPy view holds a reference to its base.
-    """
-    for buf in pool:
-        if buf.shape[0] == n and buf.dtype == dtype and sys.getrefcount(buf) == _UNREFERENCED:
-            return buf
-    buf = np.empty(n, dtype=dtype)
-    if len(pool) < POOL_SIZE:
-        pool.append(buf)
-    return buf
 
 
 class AdamWState(NamedTuple):
@@ -211,7 +160,7 @@ def _flat_inputs(params: Params, grads: Params, state: AdamWState) -> tuple | No
             np.concatenate([d[n].reshape(-1) for n in names]) for d in (params, state.m, state.v)
         )
     pool = prev.pool if prev is not None else []
-    g = _buffer(pool, int(offsets[-1]), dtype)
+    g = pooled_buffer(pool, int(offsets[-1]), dtype)
     np.concatenate([grads[n].reshape(-1) for n in names], out=g)  # (N,)
     return offsets, p, g, m, v, pool
 
@@ -239,7 +188,7 @@ def _adamw_flat(
     consts[:] = (b1, 1.0 - b1, b2, 1.0 - b2, 1.0 - b1**t, 1.0 - b2**t, cfg.eps, 0, 0, grad_scale)
     consts[:, 7] = 1.0 - rates * cfg.weight_decay
     consts[:, 8] = rates
-    out = [_buffer(pool, p.shape[0], p.dtype) for _ in range(3)]  # never p, m or v: in use
+    out = [pooled_buffer(pool, p.shape[0], p.dtype) for _ in range(3)]  # never p, m or v: in use
     adamw_update_segments(p, g, m, v, offsets, consts.astype(p.dtype), *out)
     views = [{}, {}, {}]
     for k, n in enumerate(names):
@@ -310,6 +259,16 @@ def global_norm(grads: Params) -> float:
         if not 0.0 < top < math.inf:
             return 0.0 if top == 0.0 else float(top + np.sum(s))  # 0, or inf / nan as found
         return top * float(np.sqrt(np.sum((a / top) ** 2 * s)))
+
+
+def params_norm(params: Params, state: AdamWState) -> float:
+    """``global_norm(params)``, over AdamW's flat parameter buffer when ``params`` are the
+    views the last step returned (one pass instead of a call per parameter)."""
+    flat = state.flat
+    if flat is not None and flat.names == tuple(params):
+        if all(params[n].base is flat.p for n in flat.names):
+            return global_norm({"all": flat.p})
+    return global_norm(params)
 
 
 def clip_scale(norm: float, max_norm: float) -> float:
