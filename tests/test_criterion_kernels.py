@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import array_api_strict as xps
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from minidetr.setloss import box_loss, cross_entropy
+from minidetr.setloss.assign import scatter_classes
 from minidetr.setloss.criterion import LossWeights, SetCriterion
 from minidetr.setloss.denoising import make_denoising_queries
 from minidetr.setloss.matching import HungarianMatcher
@@ -75,3 +79,15 @@ def test_kernels_change_nothing_but_rounding(monkeypatch, dtype, focal, dn, tol)
     for g, w in zip(grads, want_grads):
         assert g.dtype == w.dtype and g.shape == w.shape
         np.testing.assert_allclose(g, w, rtol=tol, atol=tol * np.abs(w).max())
+
+
+@given(st.integers(1, 40), st.integers(0, 2**32 - 1))
+def test_scatter_classes_numpy_equals_the_array_code(n, seed):
+    """NumPy's direct assignment and the standard's compare-every-slot form agree."""
+    r = np.random.default_rng(seed)
+    src = r.permutation(n)[: r.integers(0, n + 1)].astype(np.int64)  # no repeats
+    labels = r.integers(0, 5, src.shape[0]).astype(np.int64)
+    got = scatter_classes(src, labels, n, 5)
+    want = scatter_classes(xps.asarray(src), xps.asarray(labels), n, 5)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, np.asarray(want))

@@ -40,17 +40,18 @@ def matched_assignment(
     bsz, q, _ = logits.shape
     if len(indices) != bsz:
         raise ValueError(f"matcher returned {len(indices)} index pairs for {bsz} images")
-    src_parts, labels, boxes = [], [], []
-    for i, (pred_idx, tgt_idx) in enumerate(indices):
-        pred_idx = np.asarray(pred_idx, dtype=np.int64)
-        tgt = asarray(np.asarray(tgt_idx, dtype=np.int64), like=logits)  # (T_i,) to device
-        src_parts.append(i * q + pred_idx)
-        labels.append(xp.take(xp.astype(targets[i]["labels"], xp.int64), tgt))
-        boxes.append(xp.take(xp.astype(targets[i]["boxes"], logits.dtype), tgt, axis=0))
+    src_parts, tgt_parts, offset = [], [], 0
+    for i, (pred_idx, tgt_idx) in enumerate(indices):  # flat query and batch target indices
+        src_parts.append(i * q + np.asarray(pred_idx, dtype=np.int64))
+        tgt_parts.append(offset + np.asarray(tgt_idx, dtype=np.int64))
+        offset += targets[i]["labels"].shape[0]
     src = asarray(np.concatenate(src_parts), like=logits, dtype=xp.int64)  # (M,)
-    tgt_labels = xp.concat(labels)  # (M,)
+    tgt = asarray(np.concatenate(tgt_parts), like=logits, dtype=xp.int64)  # (M,) into (S,)
+    labels = xp.concat([xp.astype(t["labels"], xp.int64) for t in targets])  # (S,)
+    boxes = xp.concat([xp.astype(t["boxes"], logits.dtype) for t in targets], axis=0)  # (S, 4)
+    tgt_labels = xp.take(labels, tgt)  # (M,)
     row_classes = scatter_classes(src, tgt_labels, bsz * q, num_classes)  # (B*Q,)
-    return Assignment(src, tgt_labels, xp.concat(boxes, axis=0), None, row_classes, num_boxes)
+    return Assignment(src, tgt_labels, xp.take(boxes, tgt, axis=0), None, row_classes, num_boxes)
 
 
 def denoising_assignment(
@@ -92,7 +93,15 @@ def denoising_assignment(
 
 
 def scatter_classes(src: Array, labels: Array, n: int, fill: int) -> Array:
-    """out (n,) int64: out[src[m]] = labels[m], ``fill`` elsewhere (``src`` has no repeats)."""
+    """out (n,) int64: out[src[m]] = labels[m], ``fill`` elsewhere (``src`` has no repeats).
+
+    The standard has no scatter: the array code compares every index with every slot.
+    NumPy assigns directly.
+    """
+    if type(labels) is np.ndarray and type(src) is np.ndarray:
+        out = np.full(n, fill, dtype=np.int64)
+        out[src] = labels
+        return out
     xp = namespace(labels)
     hit = src[:, None] == xp.arange(n, device=labels.device)[None, :]  # (M, n)
     placed = xp.sum(xp.where(hit, labels[:, None] - fill, xp.zeros_like(labels)[:, None]), axis=0)
