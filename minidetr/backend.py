@@ -30,7 +30,16 @@ Array = Any  # an array of any namespace the array API standard covers
 # array-api-compat wraps these NumPy functions only to check a ``device`` argument or to
 # route a call through its own helpers; NumPy 2 gives them the standard's signature and
 # meaning itself, and the wrapper cost about 1 us a call (hundreds a training step).
-_NUMPY_OWN = ("matmul", "permute_dims", "zeros_like", "ones_like", "astype")
+_NUMPY_OWN = (
+    "matmul",
+    "permute_dims",
+    "zeros_like",
+    "ones_like",
+    "astype",
+    "zeros",
+    "ones",
+    "empty",
+)
 
 
 def _reshape(x: Any, /, shape: tuple[int, ...], *, copy: bool | None = None) -> Any:

@@ -34,6 +34,9 @@ def test_numpy_own_functions_answer_as_the_compat_wrappers(dtype):
         ("astype", (x, np.float32), {}),
         ("astype", (x, dtype), {"copy": False}),
         ("astype", (x, np.int32), {"copy": True, "device": "cpu"}),
+        ("zeros", ((3, 2),), {"dtype": dtype}),
+        ("ones", ((4,),), {"dtype": dtype, "device": "cpu"}),
+        ("ones", (5,), {}),
         ("reshape", (x, (6, 4)), {}),
         ("reshape", (x.mT, (-1,)), {}),  # not viewable flat: a copy, in both
         ("reshape", (x, (4, 6)), {"copy": True}),
@@ -50,6 +53,10 @@ def test_numpy_own_functions_answer_as_the_compat_wrappers(dtype):
             assert got is x  # no copy asked and none needed, in both
     with pytest.raises(ValueError):
         NUMPY.zeros_like(x, device="gpu")
+    for name in ("zeros", "ones", "empty"):
+        with pytest.raises(ValueError):
+            getattr(NUMPY, name)(3, device="gpu")
+    assert NUMPY.empty((2, 3), dtype=dtype).shape == (2, 3)
     with pytest.raises(ValueError):  # a view is impossible and no copy is allowed, in both
         NUMPY.reshape(x.mT, (-1,), copy=False)
     assert backend.device(x) == array_api_compat.device(x) == "cpu"
