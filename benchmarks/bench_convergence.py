@@ -122,6 +122,20 @@ def parse_name(name: str) -> tuple[str, dict[str, object], dict[str, object]]:
     return preset, overrides, model
 
 
+def refuse_bad_args(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, positive: tuple[str, ...]
+) -> None:
+    """One-line CLI errors for the ``positive`` options below 1 and unparsable ``--configs``."""
+    for name in positive:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    for name in args.configs:
+        try:
+            parse_name(name)
+        except ValueError as err:
+            parser.error(str(err))
+
+
 def make_run(name: str, steps: int, batch_size: int, val_images: int) -> Run:
     """The run of configuration ``name``; a changed model is registered as preset ``name``."""
     preset, overrides, model = parse_name(name)
@@ -368,14 +382,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.steps, args.eval_every, args.val_images = 40, 20, 32
-    for name in ("steps", "batch_size", "eval_every", "val_images", "jobs"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    for name in args.configs:
-        try:
-            parse_name(name)
-        except ValueError as err:
-            parser.error(str(err))
+    refuse_bad_args(parser, args, ("steps", "batch_size", "eval_every", "val_images", "jobs"))
     for d in args.ema:
         try:
             check_decay(d)

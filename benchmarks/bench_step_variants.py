@@ -25,7 +25,7 @@ import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
-from bench_convergence import make_run, parse_name  # noqa: E402
+from bench_convergence import make_run, refuse_bad_args  # noqa: E402
 
 from minidetr.train.prefetch import Prefetcher  # noqa: E402
 
@@ -37,14 +37,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--prefetch", action="store_true", help="also time NAME+prefetch")
     args = parser.parse_args()
-    for name in ("steps", "rounds"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1")
-    for name in args.configs:
-        try:
-            parse_name(name)
-        except ValueError as err:
-            parser.error(str(err))
+    refuse_bad_args(parser, args, ("steps", "rounds"))
     total = 2 + args.steps * args.rounds  # one warm-up step, then the rounds
     runs = {}
     for name in args.configs:
