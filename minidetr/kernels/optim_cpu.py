@@ -1,6 +1,7 @@
-"""Numba loops for AdamW's update and the global gradient norm, one parameter array at a time.
+"""Numba loops for AdamW's update and the global gradient norm.
 
-Speeds up the per-array body of ``minidetr.train.optim.adamw_step`` and of
+Speeds up ``minidetr.train.optim.adamw_step`` (every parameter of one flat buffer in
+one call, ``adamw_update_segments``) and the per-array body of
 ``minidetr.train.optim.global_norm`` on NumPy arrays. The array code makes about
 ten passes over memory per parameter for AdamW (each ``*``, ``+``, ``/`` and
 ``sqrt`` a temporary) and three for the norm; these loops make one each.
@@ -11,8 +12,9 @@ checks every divisor for zero, which stops the loops from vectorising: 13x slowe
   constant rounded to that dtype first, as NumPy does with Python floats: its
   results equal the array code's bit for bit, gradient clipping's scaling
   included (it multiplies each gradient entry as it reads it, instead of a pass
-  that writes scaled copies). Outputs are allocated by the caller (the old
-  parameters and moments stay untouched, as ``adamw_step`` promises).
+  that writes scaled copies); ``adamw_update_segments`` runs it on each
+  parameter's segment of the flat buffers. Outputs are allocated by the caller
+  (the old parameters and moments stay untouched, as ``adamw_step`` promises).
 * ``scaled_sum_of_squares`` returns (a, s) with sum g^2 = a^2 s, the two numbers
   ``global_norm`` combines on the host: usually a = 1 and one pass in float64,
   which cannot overflow on float32 entries; else a = max |g| as in the array code

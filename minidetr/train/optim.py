@@ -14,11 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from minidetr.backend import Array, namespace, to_numpy
-from minidetr.kernels.optim_cpu import (
-    adamw_update,
-    adamw_update_segments,
-    scaled_sum_of_squares,
-)
+from minidetr.kernels.optim_cpu import adamw_update_segments, scaled_sum_of_squares
 from minidetr.train.buffers import FlatBuffers, pooled_buffer
 
 Params = dict[str, Array]
@@ -62,28 +58,32 @@ def adamw_step(
     ``grad_scale`` multiplies every gradient first: gradient clipping's factor (see
     :func:`clip_scale`), applied here so that no scaled copy of the gradients is made.
     Returns new dicts; the inputs are left untouched. NumPy arrays of one float dtype
-    take the one-pass loop ``kernels.optim_cpu.adamw_update``, with the same results.
+    take one call of ``kernels.optim_cpu.adamw_update_segments`` over flat buffers,
+    with the same results as the array code, bit for bit.
     """
     _check_grads(params, grads)
+    return _adamw(params, grads, state, cfg, lr, grad_scale, _flat_inputs(params, grads, state))
+
+
+def _adamw(
+    params: Params,
+    grads: Params,
+    state: AdamWState,
+    cfg: AdamWConfig,
+    lr: dict[str, float] | float,
+    grad_scale: float,
+    flat: tuple | None,
+) -> tuple[Params, AdamWState]:
+    """The step, over the flat buffers ``flat`` (see :func:`_flat_inputs`), else array code."""
     b1, b2 = cfg.betas
     t = state.step + 1
-    c1, c2 = 1.0 - b1**t, 1.0 - b2**t
-    flat = _flat_inputs(params, grads, state)
     if flat is not None:
         return _adamw_flat(params, state, cfg, lr, grad_scale, t, flat)
+    c1, c2 = 1.0 - b1**t, 1.0 - b2**t
     new_params, new_m, new_v = {}, {}, {}
-    consts: dict[tuple[float, np.dtype], np.ndarray] = {}  # per rate and dtype, made once
     for name, p in params.items():
         g, m0, v0 = grads[name], state.m[name], state.v[name]
         rate = lr[name] if isinstance(lr, dict) else lr
-        if _fused(p, g, m0, v0):
-            key = (rate, p.dtype)
-            if key not in consts:
-                decay = 1.0 - rate * cfg.weight_decay
-                values = (b1, 1.0 - b1, b2, 1.0 - b2, c1, c2, cfg.eps, decay, rate, grad_scale)
-                consts[key] = np.array(values, dtype=p.dtype)
-            new_params[name], new_m[name], new_v[name] = _adamw_kernel(p, g, m0, v0, consts[key])
-            continue
         xp = namespace(p)
         if grad_scale != 1.0:
             g = g * grad_scale
@@ -112,12 +112,8 @@ def clipped_adamw_step(
     """
     _check_grads(params, grads)
     flat = _flat_inputs(params, grads, state)
-    if flat is None:
-        norm = global_norm(grads)
-        return (*adamw_step(params, grads, state, cfg, lr, clip_scale(norm, max_norm)), norm)
-    norm = global_norm({"all": flat[2]})
-    scale = clip_scale(norm, max_norm)
-    return (*_adamw_flat(params, state, cfg, lr, scale, state.step + 1, flat), norm)
+    norm = global_norm(grads if flat is None else {"all": flat[2]})
+    return (*_adamw(params, grads, state, cfg, lr, clip_scale(norm, max_norm), flat), norm)
 
 
 def _check_grads(params: Params, grads: Params) -> None:
@@ -143,11 +139,10 @@ def _flat_inputs(params: Params, grads: Params, state: AdamWState) -> tuple | No
             return None
     prev = state.flat
     if (
-        prev is not None
-        and prev.names == names
+        _views_of(params, prev, "p")
         and prev.p.dtype == dtype
-        and all(params[n].base is prev.p for n in names)
-        and all(state.m[n].base is prev.m and state.v[n].base is prev.v for n in names)
+        and _views_of(state.m, prev, "m")
+        and _views_of(state.v, prev, "v")
     ):
         offsets, p, m, v = prev.offsets, prev.p, prev.m, prev.v
     else:
@@ -163,6 +158,15 @@ def _flat_inputs(params: Params, grads: Params, state: AdamWState) -> tuple | No
     g = pooled_buffer(pool, int(offsets[-1]), dtype)
     np.concatenate([grads[n].reshape(-1) for n in names], out=g)  # (N,)
     return offsets, p, g, m, v, pool
+
+
+def _views_of(arrays: Params, flat: FlatBuffers | None, which: str) -> bool:
+    """Whether ``arrays`` are the views of buffer ``which`` ("p", "m" or "v") of ``flat``,
+    in its order: what the step that made ``flat`` returned."""
+    if flat is None or flat.names != tuple(arrays):
+        return False
+    base = getattr(flat, which)
+    return all(arrays[n].base is base for n in flat.names)
 
 
 def _adamw_flat(
@@ -210,16 +214,6 @@ def _fused(*arrays: Array) -> bool:
     return True
 
 
-def _adamw_kernel(
-    p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, consts: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(p', m', v') of one parameter by ``adamw_update``, in new arrays shaped like ``p``."""
-    outs = [np.empty(p.shape, dtype=p.dtype) for _ in range(3)]
-    flat = [a.reshape(-1) for a in (p, g, m, v)]  # views when C-contiguous, else copies
-    adamw_update(*flat, *(o.reshape(-1) for o in outs), consts)
-    return outs[0], outs[1], outs[2]
-
-
 def global_norm(grads: Params) -> float:
     """||g|| = sqrt(sum of squares of every gradient entry), without overflow; two host syncs.
 
@@ -264,10 +258,8 @@ def global_norm(grads: Params) -> float:
 def params_norm(params: Params, state: AdamWState) -> float:
     """``global_norm(params)``, over AdamW's flat parameter buffer when ``params`` are the
     views the last step returned (one pass instead of a call per parameter)."""
-    flat = state.flat
-    if flat is not None and flat.names == tuple(params):
-        if all(params[n].base is flat.p for n in flat.names):
-            return global_norm({"all": flat.p})
+    if _views_of(params, state.flat, "p"):
+        return global_norm({"all": state.flat.p})
     return global_norm(params)
 
 
