@@ -43,7 +43,14 @@ from minidetr.train.divergence import (
     learning_rate_cause,
 )
 from minidetr.train.loop import Run, RunState, TrainConfig, _is_backbone
-from minidetr.train.optim import AdamWState, adamw_init, adamw_step, clip_grad_norm, learning_rate
+from minidetr.train.optim import (
+    AdamWState,
+    adamw_init,
+    adamw_step,
+    clip_scale,
+    global_norm,
+    learning_rate,
+)
 from minidetr.video.association import assign_track_queries
 from minidetr.video.chained_queries import chained_track_queries
 from minidetr.video.consistency import velocity_consistency_backward, velocity_consistency_forward
@@ -279,16 +286,17 @@ class TrackRun:
         """One AdamW step of the model and of the reads, clipped by their joint norm."""
         run, cfg = self.run, self.run.cfg
         joint = {**grads, **{TRACK + k: g for k, g in track_grads.items()}}
-        joint, norm = clip_grad_norm(joint, cfg.clip_norm)
+        norm = global_norm(joint)
         check_gradients(run.step, joint, norm, run.history, cfg.lr)
+        scale = clip_scale(norm, cfg.clip_norm)  # applied inside AdamW: no scaled copies
         lr = learning_rate(run.step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.final_lr_ratio)
         rates = {k: lr * (cfg.backbone_lr_ratio if _is_backbone(k) else 1.0) for k in run.params}
-        grads = {k: joint[k] for k in grads}
-        run.params, run.opt_state = adamw_step(run.params, grads, run.opt_state, run.opt_cfg, rates)
+        run.params, run.opt_state = adamw_step(
+            run.params, grads, run.opt_state, run.opt_cfg, rates, scale
+        )
         if self.track_params:
-            tg = {k: joint[TRACK + k] for k in self.track_params}
             self.track_params, self.track_opt = adamw_step(
-                self.track_params, tg, self.track_opt, run.opt_cfg, lr
+                self.track_params, track_grads, self.track_opt, run.opt_cfg, lr, scale
             )
         run.step += 1
         record = {"step": run.step, "loss": loss, "lr": lr, "grad_norm": norm}
