@@ -1,4 +1,5 @@
-"""The batch API's bulk path (C-contiguous float64 lists) and general path, against SciPy."""
+"""The batch API's in-place path (C-contiguous float64 lists), its copies and general path,
+against SciPy."""
 
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ from minidetr.assignment import (
 
 
 def layouts_of(rng):
-    """Every kind of matrix a batch takes: float64 arrays in three layouts (the bulk copy),
-    other dtypes, big-endian bytes, a subclass and a list (the general path), empty ones."""
+    """Every kind of matrix a batch takes: float64 arrays in three layouts (read in place,
+    or copied by one concatenate), other dtypes, big-endian bytes, a subclass and a list
+    (the general path), empty ones."""
     whole = rng.random((12, 30))
     return [
-        rng.random((7, 4)),  # bulk, by join
-        whole[:, 3:9],  # a strided view: join refuses it, concatenate copies it
+        rng.random((7, 4)),  # read in place
+        whole[:, 3:9],  # a strided view: concatenate copies it
         np.asfortranarray(rng.random((5, 6))),
         rng.random((6, 3)).astype(np.float32),
         rng.integers(-5, 5, (4, 4)),
@@ -77,20 +79,84 @@ def test_batch_takes_every_layout_and_dtype_alone_and_mixed(rng, maximize):
     )
 
 
+def _unaligned(rng, shape):
+    """A C-contiguous float64 matrix whose data starts one byte past an 8-byte boundary."""
+    raw = np.zeros(np.prod(shape) * 8 + 1, np.uint8)
+    matrix = raw[1:].view(np.float64).reshape(shape)
+    matrix[...] = rng.random(shape)
+    assert matrix.flags.c_contiguous and (matrix.size == 0 or not matrix.flags.aligned)
+    return matrix
+
+
 @pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix
-def test_bulk_copy_takes_float64_arrays_in_any_layout_and_nothing_else(rng):
-    fast = [rng.random((7, 4)), rng.random((0, 3)), rng.random((100, 20))]
-    others = layouts_of(rng)
-    for mats in (fast, fast + others[1:3]):  # C-contiguous (join); views, Fortran (concatenate)
-        flat, shapes = solver._pack(mats)
-        np.testing.assert_array_equal(flat, np.concatenate(mats, axis=None))
+def test_in_place_path_takes_c_contiguous_float64_matrices_and_nothing_else(rng):
+    whole = rng.random((12, 30))
+    read_only = rng.random((5, 9))
+    read_only.flags.writeable = False
+    fast = [
+        rng.random((7, 4)),
+        np.zeros((0, 3)),
+        rng.random((100, 20)),
+        read_only,
+        whole[3:4, 2:7],  # one row: contiguous by NumPy's rule, its row stride does not count
+        whole[4:6],  # whole rows
+        whole[:0, 5:9],  # empty: strides do not count
+    ]
+    for mats in (fast, fast * 5):  # one chunk with padding; three chunks, the last padded
+        assert all(m.flags.c_contiguous for m in mats)
+        addresses, shapes = solver._locate(mats)
+        np.testing.assert_array_equal(addresses, [m.ctypes.data for m in mats])
         np.testing.assert_array_equal(shapes, [m.shape for m in mats])
-    for odd in others[3:9]:  # float32, integers, bools, big-endian, np.matrix, a list
-        assert solver._pack([fast[0], odd]) is None, odd
-    assert solver._pack([np.ones(3), np.ones((1, 2, 3))]) is None  # 1 + 3 dimensions
+    others = layouts_of(rng)[1:9] + [
+        whole[:, 3:4],  # one column: its row stride (30 entries) is not 1 entry
+        whole[::-1],
+        whole[:, ::2],
+        _unaligned(rng, (4, 5)),
+        np.ones(3),
+        np.ones((1, 2, 3)),
+    ]
+    for odd in others:  # anywhere in any chunk, one odd matrix sends the list to _pack
+        for at in (0, 6, 15, 16, 40):
+            mats = fast * 6
+            mats[at] = odd
+            assert solver._locate(mats) is None, (odd, at)
 
 
-def test_bulk_copy_leaves_the_caller_matrices_untouched(rng):
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix
+def test_pack_copies_float64_matrices_in_any_layout_and_converts_the_rest(rng):
+    whole = rng.random((12, 30))
+    others = layouts_of(rng)
+    for mats in (
+        [rng.random((7, 4)), whole[:, 3:9], np.asfortranarray(rng.random((5, 6)))],
+        [whole[:, 3:4], whole[::-1], _unaligned(rng, (4, 5))],
+        others,  # float32, integers, bools, big-endian, np.matrix, a list: converted
+    ):
+        flat, shapes = solver._pack(mats)
+        want = [np.asarray(m, dtype=np.float64) for m in mats]
+        np.testing.assert_array_equal(flat, np.concatenate(want, axis=None))
+        np.testing.assert_array_equal(shapes, [m.shape for m in want])
+        np.testing.assert_array_equal(
+            solver._addresses_in(flat, shapes) - flat.ctypes.data,
+            8 * np.cumsum([0] + [m.size for m in want[:-1]]),
+        )
+
+
+@pytest.mark.parametrize("n_problems", [1, 15, 16, 17, 40])
+@pytest.mark.parametrize("odd_at", [None, 0, -1])
+def test_batch_across_chunk_boundaries_equals_single_calls(rng, n_problems, odd_at):
+    shapes = rng.integers(0, 30, (n_problems, 2)).tolist()
+    costs = [rng.random(shape) for shape in shapes]
+    if odd_at is not None:  # one matrix that cannot be read in place, first or last
+        costs[odd_at] = np.asfortranarray(costs[odd_at])
+    for maximize in (False, True):
+        _optimal_and_equal_to_single_calls(
+            costs, linear_sum_assignment_batch(costs, maximize), maximize
+        )
+    unaligned = [_unaligned(rng, c.shape) if i % 2 else c for i, c in enumerate(costs)]
+    _optimal_and_equal_to_single_calls(unaligned, linear_sum_assignment_batch(unaligned))
+
+
+def test_batch_leaves_the_caller_matrices_untouched(rng):
     costs = [rng.random((6, 4)), rng.random((4, 6))]
     before = [c.copy() for c in costs]
     for c in costs:

@@ -6,6 +6,12 @@ copied, transposed or negated, into scratch space), checks its entries, solves i
 and writes its pairs in SciPy's order. ``solver`` holds the Python functions with
 SciPy's contract that call them.
 
+A batch is handed over as the address and shape of each matrix, so that a list of
+C-contiguous float64 matrices is read where it lies instead of being copied into
+one buffer first (DETR's 64 cost matrices are 550 KB: 12 us of copying in a 110 us
+call). ``_locate_chunk`` reads the addresses out of the arrays themselves; the
+caller keeps the arrays alive while the batch is solved.
+
 Dimensions: a problem is (N, M); the solver sees R = min(N, M) rows and
 K = max(N, M) columns; a batch holds P problems.
 """
@@ -13,12 +19,14 @@ K = max(N, M) columns; a batch holds P problems.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import carray, njit, types
+from numba.extending import intrinsic
 
 from minidetr.assignment.jonker_volgenant import OK, solve
 
 INVALID = 2  # a NaN, or an infinity of the wrong sign
 IN_PLACE_MAX = 4096  # entries (32 KiB): a tall matrix this small is solved as a transposed view
+CHUNK = 16  # matrices located per call of ``_locate_chunk``; a shorter chunk is padded
 
 
 @njit(cache=True)
@@ -196,27 +204,66 @@ def _pair_starts(n_rows, n_cols):
     return out_start
 
 
-@njit(cache=True)
-def _solve_flat_batch(flat, shapes, maximize):
-    """P problems (N_p, M_p) stored one after another, row-major, in ``flat``.
+_ANY_MATRIX = types.Array(types.float64, 2, "A", readonly=True)  # every float64 (N, M) converts
+_LOCATE = types.boolean(  # (chunk, addresses (P,), shapes (P, 2), start)
+    types.UniTuple(_ANY_MATRIX, CHUNK), types.int64[::1], types.int64[:, ::1], types.int64
+)
 
-    shapes (P, 2) holds each (N_p, M_p); problem p occupies N_p * M_p entries of
-    ``flat``, the caller's matrix as it is. A wide one (N_p <= M_p) is solved in place
-    when minimising; a tall one is transposed (a maximised one negated) into scratch
-    space first. Scratch space is allocated once for the whole batch. Returns (status,
-    the failing problem or -1, out, out_start): problem p's pairs are
-    out[:, out_start[p]:out_start[p + 1]], out (2, sum_p min(N_p, M_p)).
+
+@njit([_LOCATE], cache=True)
+def _locate_chunk(chunk, addresses, shapes, start):
+    """Write the address and shape (N_p, M_p) of each matrix of chunk at index start + p.
+
+    chunk: CHUNK float64 matrices of any layout, writable or not (the one signature
+    takes them all, so nothing is compiled per list). Returns whether every one is
+    C-contiguous, by NumPy's rule (strides of dimensions of length 1, and of empty
+    matrices, do not count), and aligned to 8 bytes; only then may ``_solve_batch``
+    read them in place.
+    """
+    readable = True
+    for p in range(CHUNK):
+        matrix = chunk[p]
+        n_rows, n_cols = matrix.shape
+        addresses[start + p] = matrix.ctypes.data
+        shapes[start + p, 0] = n_rows
+        shapes[start + p, 1] = n_cols
+        if n_rows * n_cols > 0:
+            readable &= matrix.ctypes.data % 8 == 0
+            readable &= n_cols == 1 or matrix.strides[1] == 8
+            readable &= n_rows == 1 or matrix.strides[0] == 8 * n_cols
+    return readable
+
+
+@intrinsic
+def _float64_at(typingctx, address):
+    """The float64 pointer at an integer address: the inverse of ``ndarray.ctypes.data``."""
+    signature = types.CPointer(types.float64)(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+
+    return signature, codegen
+
+
+@njit(cache=True)
+def _solve_batch(addresses, shapes, maximize):
+    """P problems, problem p the C-contiguous matrix (N_p, M_p) at addresses[p].
+
+    shapes (P, 2) holds each (N_p, M_p). Each matrix is read where it lies and never
+    written: a wide one (N_p <= M_p) is solved in place when minimising, a small tall
+    one as its transposed view, a larger tall or a maximised one from a transposed
+    (negated) copy in scratch space. Scratch space is allocated once for the whole
+    batch. Returns (status, the failing problem or -1, out, out_start): problem p's
+    pairs are out[:, out_start[p]:out_start[p + 1]], out (2, sum_p min(N_p, M_p)).
     """
     out_start = _pair_starts(shapes[:, 0], shapes[:, 1])
     out = np.empty((2, out_start[-1]), np.int64)
     n_float, n_int = _scratch_sizes(shapes[:, 0], shapes[:, 1], maximize)
     fwork = np.empty(n_float)
     iwork = np.empty(n_int, np.int64)
-    start = 0
     for p in range(shapes.shape[0]):
         n_rows, n_cols = shapes[p, 0], shapes[p, 1]
-        block = flat[start : start + n_rows * n_cols].reshape((n_rows, n_cols))  # (N, M)
-        start += n_rows * n_cols
+        block = carray(_float64_at(addresses[p]), (n_rows, n_cols))  # (N, M), C-contiguous
         a, b = out_start[p], out_start[p + 1]
         status = _solve_block(block, maximize, fwork, iwork, out[0, a:b], out[1, a:b])
         if status != OK:
@@ -231,7 +278,7 @@ def _solve_stacked(stacked, sizes, maximize):
     stacked (S, N) holds the transposes of P problems one below the other: DETR's
     matching cost with one row per target of the batch and one column per query.
     With sizes[p] <= N each block is C-contiguous and already in the solver's
-    orientation, so nothing is copied. Results as in ``_solve_flat_batch``.
+    orientation, so nothing is copied. Results as in ``_solve_batch``.
     """
     n_queries = np.full(sizes.shape[0], stacked.shape[1], np.int64)
     out_start = _pair_starts(n_queries, sizes)

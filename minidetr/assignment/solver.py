@@ -6,9 +6,10 @@ also name the first bad entry). ``linear_sum_assignment_batch`` (a list of
 matrices) and ``linear_sum_assignment_stacked`` (DETR's layout, one row per
 target) solve many matrices of different shapes in one compiled call, with scratch
 space allocated once per batch: a Python loop of SciPy calls pays its call
-overhead per matrix. A list of float64 NumPy matrices, the common case, is checked
-and copied into one buffer without a Python loop over it; anything else is converted
-matrix by matrix, as ``linear_sum_assignment`` converts it.
+overhead per matrix. A list of C-contiguous float64 NumPy matrices, the common
+case, is checked without a Python loop over it and read where it lies; other
+float64 matrices are copied into one buffer by one call, and anything else is
+converted matrix by matrix, as ``linear_sum_assignment`` converts it.
 
 The compiled drivers of ``drivers.py`` orient each problem for the solver in
 ``jonker_volgenant``, check its entries, solve it and write its pairs in SciPy's order.
@@ -26,7 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from minidetr.assignment.drivers import _solve_flat_batch, _solve_one, _solve_stacked
+from minidetr.assignment.drivers import (
+    CHUNK,
+    _locate_chunk,
+    _solve_batch,
+    _solve_one,
+    _solve_stacked,
+)
 from minidetr.assignment.jonker_volgenant import INFEASIBLE, OK
 
 # ---------------------------------------------------------------------------
@@ -104,29 +111,56 @@ def _split(out: np.ndarray, out_start: np.ndarray) -> list[tuple[np.ndarray, np.
 
 
 _DTYPE, _NDIM, _SHAPE = attrgetter("dtype"), attrgetter("ndim"), attrgetter("shape")
+_PAD = np.zeros((0, 0))  # fills a batch's last chunk for ``_locate_chunk``
 
 
-def _pack(costs: list[Any]) -> tuple[np.ndarray, np.ndarray] | None:
-    """(flat, shapes (P, 2)) of P float64 matrices (NumPy arrays), or None for any other input.
+def _locate(costs: list[Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(addresses (P,), shapes (P, 2)) of P C-contiguous float64 matrices, or None.
 
-    Every check is a ``map`` over the whole list (no Python loop per matrix). C-contiguous
-    matrices are copied by ``bytearray.join`` through the buffer protocol: one memcpy
-    each, about half the time of ``np.concatenate``, which sets up a cast for every
-    array. A view in another layout (DETR's ``C.split``) exports no plain buffer, so
-    join refuses the list (TypeError) and ``np.concatenate`` copies it row by row.
+    Nothing is copied: ``_solve_batch`` reads each matrix where it lies, so the
+    caller must hold ``costs`` until it returns. Type and dtype are checked with a
+    ``map`` over the list; the compiled ``_locate_chunk`` takes the matrices CHUNK at
+    a time (a few microseconds for 64) and refuses, by its signature, anything with
+    other than 2 dimensions. None sends such a list, or one with a matrix in another
+    layout or not aligned to 8 bytes, to ``_pack``.
+    """
+    if set(map(type, costs)) != {np.ndarray} or set(map(_DTYPE, costs)) != {_FLOAT64}:
+        return None
+    n = len(costs)
+    addresses = np.empty(n + CHUNK, np.int64)  # room for the last chunk's padding
+    shapes = np.empty((n + CHUNK, 2), np.int64)
+    for start in range(0, n, CHUNK):
+        chunk = tuple(costs[start : start + CHUNK])
+        chunk += (_PAD,) * (CHUNK - len(chunk))
+        try:
+            if not _locate_chunk(chunk, addresses, shapes, start):
+                return None  # a view in another layout (DETR's ``C.split``), unaligned data
+        except TypeError:  # no signature matches: not 2-D
+            return None
+    return addresses[:n], shapes[:n]
+
+
+def _pack(costs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(flat, shapes (P, 2)): the matrices copied one after another, each row-major.
+
+    float64 matrices in any layout are copied by one ``np.concatenate`` (DETR's
+    views of one cost, row by row); anything else goes through ``_pack_any``.
     """
     if (
         set(map(type, costs)) != {np.ndarray}
         or set(map(_DTYPE, costs)) != {_FLOAT64}
         or set(map(_NDIM, costs)) != {2}
     ):
-        return None
-    try:
-        flat = np.frombuffer(bytearray().join(costs))  # (sum_p N_p M_p,), each row-major
-    except TypeError:
-        flat = np.concatenate(costs, axis=None)  # each matrix flattened row by row
+        return _pack_any(costs)
+    flat = np.concatenate(costs, axis=None)  # (sum_p N_p M_p,), each matrix row by row
     dims = np.fromiter(chain.from_iterable(map(_SHAPE, costs)), np.int64, 2 * len(costs))
     return flat, dims.reshape(len(costs), 2)  # (P, 2)
+
+
+def _addresses_in(flat: np.ndarray, shapes: np.ndarray) -> np.ndarray:
+    """Addresses (P,) of the P matrices (N_p, M_p) that lie one after another in flat."""
+    ends = np.cumsum(shapes[:, 0] * shapes[:, 1])  # (P,) entries up to each one's end
+    return flat.ctypes.data + flat.itemsize * (ends - shapes[:, 0] * shapes[:, 1])
 
 
 def _pack_any(costs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -153,9 +187,12 @@ def linear_sum_assignment_batch(
     costs = list(costs)  # P matrices; a (P, N, M) array gives P views (N, M)
     if not costs:
         return []
-    packed = _pack(costs)  # C-contiguous float64 matrices: checked and copied in bulk
-    flat, shapes = packed if packed is not None else _pack_any(costs)
-    status, p, out, out_start = _solve_flat_batch(flat, shapes, bool(maximize))
+    located = _locate(costs)  # C-contiguous float64 matrices: read where they lie
+    if located is None:
+        flat, shapes = _pack(costs)  # held until the solver returns: it reads flat
+        located = _addresses_in(flat, shapes), shapes
+    addresses, shapes = located
+    status, p, out, out_start = _solve_batch(addresses, shapes, bool(maximize))
     if status != OK:
         _raise_for(status, _as_cost_matrix(costs[p]), f"costs[{p}]", bool(maximize))
     return _split(out, out_start)
