@@ -89,7 +89,7 @@ def _unaligned(rng, shape):
 
 
 @pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix
-def test_in_place_path_takes_c_contiguous_float64_matrices_and_nothing_else(rng):
+def test_in_place_path_takes_aligned_float64_matrices_and_nothing_else(rng):
     whole = rng.random((12, 30))
     read_only = rng.random((5, 9))
     read_only.flags.writeable = False
@@ -98,47 +98,50 @@ def test_in_place_path_takes_c_contiguous_float64_matrices_and_nothing_else(rng)
         np.zeros((0, 3)),
         rng.random((100, 20)),
         read_only,
-        whole[3:4, 2:7],  # one row: contiguous by NumPy's rule, its row stride does not count
-        whole[4:6],  # whole rows
-        whole[:0, 5:9],  # empty: strides do not count
+        whole[3:4, 2:7],  # one row
+        whole[:, 3:9],  # DETR's C.split views
+        whole[:, 3:4],  # one column: its row stride is 30 entries
+        whole[::2, 1::3],
+        np.asfortranarray(rng.random((5, 6))),
+        np.broadcast_to(rng.random(4), (3, 4)),  # a zero stride
+        whole[:0, 5:9],
     ]
-    for mats in (fast, fast * 5):  # one chunk with padding; three chunks, the last padded
-        assert all(m.flags.c_contiguous for m in mats)
-        addresses, shapes = solver._locate(mats)
+    for mats in (fast, fast * 5):  # one chunk with padding; several, the last padded
+        addresses, shapes, strides = solver._locate(mats)
         np.testing.assert_array_equal(addresses, [m.ctypes.data for m in mats])
         np.testing.assert_array_equal(shapes, [m.shape for m in mats])
-    others = layouts_of(rng)[1:9] + [
-        whole[:, 3:4],  # one column: its row stride (30 entries) is not 1 entry
+        np.testing.assert_array_equal(strides, [m.strides for m in mats])
+    others = layouts_of(rng)[3:9] + [
         whole[::-1],
-        whole[:, ::2],
+        whole[:, ::-2],
         _unaligned(rng, (4, 5)),
         np.ones(3),
         np.ones((1, 2, 3)),
     ]
     for odd in others:  # anywhere in any chunk, one odd matrix sends the list to _pack
         for at in (0, 6, 15, 16, 40):
-            mats = fast * 6
+            mats = fast * 5
             mats[at] = odd
             assert solver._locate(mats) is None, (odd, at)
+    assert solver._locate([_unaligned(rng, (0, 5))]) is not None  # nothing to read
 
 
 @pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix
-def test_pack_copies_float64_matrices_in_any_layout_and_converts_the_rest(rng):
+def test_pack_copies_what_cannot_be_read_in_place_row_by_row(rng):
     whole = rng.random((12, 30))
-    others = layouts_of(rng)
     for mats in (
-        [rng.random((7, 4)), whole[:, 3:9], np.asfortranarray(rng.random((5, 6)))],
-        [whole[:, 3:4], whole[::-1], _unaligned(rng, (4, 5))],
-        others,  # float32, integers, bools, big-endian, np.matrix, a list: converted
+        [rng.random((7, 4)), whole[::-1], whole[:, ::-3], _unaligned(rng, (4, 5))],
+        layouts_of(rng),  # float32, integers, bools, big-endian, np.matrix, a list: converted
     ):
         flat, shapes = solver._pack(mats)
         want = [np.asarray(m, dtype=np.float64) for m in mats]
         np.testing.assert_array_equal(flat, np.concatenate(want, axis=None))
         np.testing.assert_array_equal(shapes, [m.shape for m in want])
-        np.testing.assert_array_equal(
-            solver._addresses_in(flat, shapes) - flat.ctypes.data,
-            8 * np.cumsum([0] + [m.size for m in want[:-1]]),
-        )
+        addresses, shapes_again, strides = solver._locate_in(flat, shapes)
+        offsets = np.cumsum([0] + [m.size for m in want[:-1]])
+        np.testing.assert_array_equal(addresses - flat.ctypes.data, 8 * offsets)
+        assert shapes_again is shapes
+        np.testing.assert_array_equal(strides, [(8 * m.shape[1], 8) for m in want])
 
 
 @pytest.mark.parametrize("n_problems", [1, 15, 16, 17, 40])
@@ -146,8 +149,9 @@ def test_pack_copies_float64_matrices_in_any_layout_and_converts_the_rest(rng):
 def test_batch_across_chunk_boundaries_equals_single_calls(rng, n_problems, odd_at):
     shapes = rng.integers(0, 30, (n_problems, 2)).tolist()
     costs = [rng.random(shape) for shape in shapes]
-    if odd_at is not None:  # one matrix that cannot be read in place, first or last
+    if odd_at is not None:  # a Fortran matrix first or last, a reversed one (copied) mid-way
         costs[odd_at] = np.asfortranarray(costs[odd_at])
+        costs[n_problems // 2] = costs[n_problems // 2][::-1]
     for maximize in (False, True):
         _optimal_and_equal_to_single_calls(
             costs, linear_sum_assignment_batch(costs, maximize), maximize

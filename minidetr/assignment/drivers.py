@@ -6,9 +6,9 @@ copied, transposed or negated, into scratch space), checks its entries, solves i
 and writes its pairs in SciPy's order. ``solver`` holds the Python functions with
 SciPy's contract that call them.
 
-A batch is handed over as the address and shape of each matrix, so that a list of
-C-contiguous float64 matrices is read where it lies instead of being copied into
-one buffer first (DETR's 64 cost matrices are 550 KB: 12 us of copying in a 110 us
+A batch is handed over as the address, shape and strides of each matrix, so that a
+list of float64 matrices is read where it lies instead of being copied into one
+buffer first (DETR's 64 cost matrices are 550 KB: 12 us of copying in a 110 us
 call). ``_locate_chunk`` reads the addresses out of the arrays themselves; the
 caller keeps the arrays alive while the batch is solved.
 
@@ -205,32 +205,33 @@ def _pair_starts(n_rows, n_cols):
 
 
 _ANY_MATRIX = types.Array(types.float64, 2, "A", readonly=True)  # every float64 (N, M) converts
-_LOCATE = types.boolean(  # (chunk, addresses (P,), shapes (P, 2), start)
-    types.UniTuple(_ANY_MATRIX, CHUNK), types.int64[::1], types.int64[:, ::1], types.int64
+_LOCATE = types.boolean(  # (chunk, addresses (P,), shapes (P, 2), strides (P, 2), start)
+    types.UniTuple(_ANY_MATRIX, CHUNK),
+    types.int64[::1],
+    types.int64[:, ::1],
+    types.int64[:, ::1],
+    types.int64,
 )
 
 
 @njit([_LOCATE], cache=True)
-def _locate_chunk(chunk, addresses, shapes, start):
-    """Write the address and shape (N_p, M_p) of each matrix of chunk at index start + p.
+def _locate_chunk(chunk, addresses, shapes, strides, start):
+    """Write the address, shape (N_p, M_p) and strides of each matrix of chunk at start + p.
 
     chunk: CHUNK float64 matrices of any layout, writable or not (the one signature
-    takes them all, so nothing is compiled per list). Returns whether every one is
-    C-contiguous, by NumPy's rule (strides of dimensions of length 1, and of empty
-    matrices, do not count), and aligned to 8 bytes; only then may ``_solve_batch``
-    read them in place.
+    takes them all, so nothing is compiled per list). Returns whether ``_solve_batch``
+    can read every one where it lies: aligned to 8 bytes, with strides that are
+    non-negative whole entries (C or Fortran order, views with steps, broadcasts).
     """
     readable = True
     for p in range(CHUNK):
         matrix = chunk[p]
-        n_rows, n_cols = matrix.shape
         addresses[start + p] = matrix.ctypes.data
-        shapes[start + p, 0] = n_rows
-        shapes[start + p, 1] = n_cols
-        if n_rows * n_cols > 0:
-            readable &= matrix.ctypes.data % 8 == 0
-            readable &= n_cols == 1 or matrix.strides[1] == 8
-            readable &= n_rows == 1 or matrix.strides[0] == 8 * n_cols
+        for axis in range(2):
+            shapes[start + p, axis] = matrix.shape[axis]
+            strides[start + p, axis] = matrix.strides[axis]
+            readable &= matrix.strides[axis] >= 0 and matrix.strides[axis] % 8 == 0
+        readable &= matrix.size == 0 or matrix.ctypes.data % 8 == 0
     return readable
 
 
@@ -246,26 +247,49 @@ def _float64_at(typingctx, address):
 
 
 @njit(cache=True)
-def _solve_batch(addresses, shapes, maximize):
-    """P problems, problem p the C-contiguous matrix (N_p, M_p) at addresses[p].
+def _is_c_contiguous(n_rows, n_cols, row_stride, col_stride):
+    """NumPy's rule for float64 (N, M): strides of length-1 axes, or when empty, do not count."""
+    if n_rows == 0 or n_cols == 0:
+        return True
+    return (n_cols == 1 or col_stride == 8) and (n_rows == 1 or row_stride == 8 * n_cols)
 
-    shapes (P, 2) holds each (N_p, M_p). Each matrix is read where it lies and never
-    written: a wide one (N_p <= M_p) is solved in place when minimising, a small tall
+
+@njit(cache=True)
+def _solve_batch(addresses, shapes, strides, maximize):
+    """P problems, problem p the matrix (N_p, M_p) at addresses[p] with strides[p] (bytes).
+
+    Each matrix is read where it lies and never written. A C-contiguous one is solved
+    as ``_solve_block`` solves it: a wide one in place when minimising, a small tall
     one as its transposed view, a larger tall or a maximised one from a transposed
-    (negated) copy in scratch space. Scratch space is allocated once for the whole
+    (negated) copy in scratch space. Any other layout is copied into scratch space,
+    oriented, by one compiled loop. Scratch space is allocated once for the whole
     batch. Returns (status, the failing problem or -1, out, out_start): problem p's
     pairs are out[:, out_start[p]:out_start[p + 1]], out (2, sum_p min(N_p, M_p)).
     """
+    n_problems = shapes.shape[0]
+    contiguous = np.empty(n_problems, np.bool_)
+    for p in range(n_problems):
+        contiguous[p] = _is_c_contiguous(shapes[p, 0], shapes[p, 1], strides[p, 0], strides[p, 1])
     out_start = _pair_starts(shapes[:, 0], shapes[:, 1])
     out = np.empty((2, out_start[-1]), np.int64)
-    n_float, n_int = _scratch_sizes(shapes[:, 0], shapes[:, 1], maximize)
+    copy = maximize or not contiguous.all()
+    n_float, n_int = _scratch_sizes(shapes[:, 0], shapes[:, 1], copy)
     fwork = np.empty(n_float)
     iwork = np.empty(n_int, np.int64)
-    for p in range(shapes.shape[0]):
+    for p in range(n_problems):
         n_rows, n_cols = shapes[p, 0], shapes[p, 1]
-        block = carray(_float64_at(addresses[p]), (n_rows, n_cols))  # (N, M), C-contiguous
         a, b = out_start[p], out_start[p + 1]
-        status = _solve_block(block, maximize, fwork, iwork, out[0, a:b], out[1, a:b])
+        if contiguous[p]:
+            block = carray(_float64_at(addresses[p]), (n_rows, n_cols))  # (N, M)
+            status = _solve_block(block, maximize, fwork, iwork, out[0, a:b], out[1, a:b])
+        else:
+            first = carray(_float64_at(addresses[p]), (1,))  # the entry [0, 0]
+            view = np.lib.stride_tricks.as_strided(
+                first, (n_rows, n_cols), (strides[p, 0], strides[p, 1])
+            )  # (N, M), the caller's matrix
+            cost = _oriented_copy(view, maximize, fwork)  # (R, K)
+            flipped = n_rows > n_cols
+            status = _solve_oriented(cost, flipped, fwork, iwork, out[0, a:b], out[1, a:b])
         if status != OK:
             return status, p, out, out_start
     return OK, -1, out, out_start

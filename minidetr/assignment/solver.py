@@ -6,10 +6,9 @@ also name the first bad entry). ``linear_sum_assignment_batch`` (a list of
 matrices) and ``linear_sum_assignment_stacked`` (DETR's layout, one row per
 target) solve many matrices of different shapes in one compiled call, with scratch
 space allocated once per batch: a Python loop of SciPy calls pays its call
-overhead per matrix. A list of C-contiguous float64 NumPy matrices, the common
-case, is checked without a Python loop over it and read where it lies; other
-float64 matrices are copied into one buffer by one call, and anything else is
-converted matrix by matrix, as ``linear_sum_assignment`` converts it.
+overhead per matrix. A list of float64 NumPy matrices, the common case, is checked
+without a Python loop over it and read where it lies; anything else is converted
+matrix by matrix, as ``linear_sum_assignment`` converts it, into one buffer.
 
 The compiled drivers of ``drivers.py`` orient each problem for the solver in
 ``jonker_volgenant``, check its entries, solve it and write its pairs in SciPy's order.
@@ -114,37 +113,38 @@ _DTYPE, _NDIM, _SHAPE = attrgetter("dtype"), attrgetter("ndim"), attrgetter("sha
 _PAD = np.zeros((0, 0))  # fills a batch's last chunk for ``_locate_chunk``
 
 
-def _locate(costs: list[Any]) -> tuple[np.ndarray, np.ndarray] | None:
-    """(addresses (P,), shapes (P, 2)) of P C-contiguous float64 matrices, or None.
+def _locate(costs: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(addresses (P,), shapes (P, 2), strides (P, 2)) of P float64 matrices, or None.
 
     Nothing is copied: ``_solve_batch`` reads each matrix where it lies, so the
     caller must hold ``costs`` until it returns. Type and dtype are checked with a
     ``map`` over the list; the compiled ``_locate_chunk`` takes the matrices CHUNK at
     a time (a few microseconds for 64) and refuses, by its signature, anything with
-    other than 2 dimensions. None sends such a list, or one with a matrix in another
-    layout or not aligned to 8 bytes, to ``_pack``.
+    other than 2 dimensions. None sends such a list, or one with a matrix not aligned
+    to 8 bytes or with negative strides, to ``_pack``.
     """
     if set(map(type, costs)) != {np.ndarray} or set(map(_DTYPE, costs)) != {_FLOAT64}:
         return None
     n = len(costs)
     addresses = np.empty(n + CHUNK, np.int64)  # room for the last chunk's padding
     shapes = np.empty((n + CHUNK, 2), np.int64)
+    strides = np.empty((n + CHUNK, 2), np.int64)
     for start in range(0, n, CHUNK):
         chunk = tuple(costs[start : start + CHUNK])
         chunk += (_PAD,) * (CHUNK - len(chunk))
         try:
-            if not _locate_chunk(chunk, addresses, shapes, start):
-                return None  # a view in another layout (DETR's ``C.split``), unaligned data
+            if not _locate_chunk(chunk, addresses, shapes, strides, start):
+                return None  # unaligned data, or a reversed view
         except TypeError:  # no signature matches: not 2-D
             return None
-    return addresses[:n], shapes[:n]
+    return addresses[:n], shapes[:n], strides[:n]
 
 
 def _pack(costs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
     """(flat, shapes (P, 2)): the matrices copied one after another, each row-major.
 
-    float64 matrices in any layout are copied by one ``np.concatenate`` (DETR's
-    views of one cost, row by row); anything else goes through ``_pack_any``.
+    float64 matrices that cannot be read in place (unaligned, reversed) are copied by
+    one ``np.concatenate``; anything else goes through ``_pack_any``.
     """
     if (
         set(map(type, costs)) != {np.ndarray}
@@ -157,10 +157,12 @@ def _pack(costs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
     return flat, dims.reshape(len(costs), 2)  # (P, 2)
 
 
-def _addresses_in(flat: np.ndarray, shapes: np.ndarray) -> np.ndarray:
-    """Addresses (P,) of the P matrices (N_p, M_p) that lie one after another in flat."""
-    ends = np.cumsum(shapes[:, 0] * shapes[:, 1])  # (P,) entries up to each one's end
-    return flat.ctypes.data + flat.itemsize * (ends - shapes[:, 0] * shapes[:, 1])
+def _locate_in(flat: np.ndarray, shapes: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(addresses, shapes, strides) of the P row-major matrices (N_p, M_p) in flat."""
+    sizes = shapes[:, 0] * shapes[:, 1]  # (P,)
+    addresses = flat.ctypes.data + flat.itemsize * (np.cumsum(sizes) - sizes)  # (P,)
+    strides = flat.itemsize * np.stack([shapes[:, 1], np.ones_like(sizes)], axis=1)  # (P, 2)
+    return addresses, shapes, strides
 
 
 def _pack_any(costs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -187,12 +189,11 @@ def linear_sum_assignment_batch(
     costs = list(costs)  # P matrices; a (P, N, M) array gives P views (N, M)
     if not costs:
         return []
-    located = _locate(costs)  # C-contiguous float64 matrices: read where they lie
+    located = _locate(costs)  # float64 matrices: read where they lie
     if located is None:
         flat, shapes = _pack(costs)  # held until the solver returns: it reads flat
-        located = _addresses_in(flat, shapes), shapes
-    addresses, shapes = located
-    status, p, out, out_start = _solve_batch(addresses, shapes, bool(maximize))
+        located = _locate_in(flat, shapes)
+    status, p, out, out_start = _solve_batch(*located, bool(maximize))
     if status != OK:
         _raise_for(status, _as_cost_matrix(costs[p]), f"costs[{p}]", bool(maximize))
     return _split(out, out_start)
