@@ -103,7 +103,7 @@ def test_in_place_path_takes_aligned_float64_matrices_and_nothing_else(rng):
         whole[:, 3:4],  # one column: its row stride is 30 entries
         whole[::2, 1::3],
         np.asfortranarray(rng.random((5, 6))),
-        np.broadcast_to(rng.random(4), (3, 4)),  # a zero stride
+        np.broadcast_to(rng.integers(0, 9, 4) / 4, (3, 4)),  # a zero stride (exact sums: ties)
         whole[:0, 5:9],
     ]
     for mats in (fast, fast * 5):  # one chunk with padding; several, the last padded
@@ -111,6 +111,9 @@ def test_in_place_path_takes_aligned_float64_matrices_and_nothing_else(rng):
         np.testing.assert_array_equal(addresses, [m.ctypes.data for m in mats])
         np.testing.assert_array_equal(shapes, [m.shape for m in mats])
         np.testing.assert_array_equal(strides, [m.strides for m in mats])
+        for maximize in (False, True):  # and each is solved as a single call solves it
+            got = linear_sum_assignment_batch(mats, maximize)
+            _optimal_and_equal_to_single_calls(mats, got, maximize)
     others = layouts_of(rng)[3:9] + [
         whole[::-1],
         whole[:, ::-2],
