@@ -190,7 +190,8 @@ def test_tall_results_sorted_on_both_sides_of_the_insertion_sort_limit(rng, shap
 
 @given(
     st.lists(
-        st.tuples(st.integers(0, 12), st.integers(0, 12), st.sampled_from("CFVL")), max_size=8
+        st.tuples(st.integers(0, 12), st.integers(0, 12), st.sampled_from("CFVRBL")),
+        max_size=20,  # more than one chunk of the address path
     ),
     st.integers(0, 2**32 - 1),
     st.booleans(),
@@ -204,6 +205,10 @@ def test_batch_property_any_layout_equals_scipy(specs, seed, maximize):
             c = np.asfortranarray(c)
         elif layout == "V":  # a strided view
             c = np.repeat(c, 2, axis=1)[:, ::2]
+        elif layout == "R":  # reversed rows: a negative stride, copied
+            c = c[::-1]
+        elif layout == "B":  # one row repeated: a zero stride
+            c = np.broadcast_to(c[:1], (n, m)) if n else c
         elif layout == "L":
             c = c.tolist() if n and m else c
         costs.append(c)
