@@ -15,6 +15,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from minidetr.attention.dense import (
+    _merge_heads,
+    _product,
+    _split_heads,
     scaled_dot_product_attention_backward,
     scaled_dot_product_attention_forward,
 )
@@ -65,6 +68,45 @@ def test_compiled_softmax_takes_permuted_views(rng, perm):
     got, want, _, _ = _both(q, k, v, dout)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, **TOL[np.float64])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_head_outputs_and_gradients_keep_their_inputs_layout(rng, dtype):
+    """out, dq, dk and dv are written in the memory layout of q, q, k and v: the heads of
+    (B, L, D) projections merge back without a copy, with the values of plain products."""
+    b, lq, lk, m, d = 3, 5, 7, 4, 6
+    q = _split_heads(rng.standard_normal((b, lq, m * d)).astype(dtype), m)  # (B, M, Lq, d)
+    k, v = (_split_heads(rng.standard_normal((b, lk, m * d)).astype(dtype), m) for _ in "kv")
+    dout = _split_heads(rng.standard_normal((b, lq, m * d)).astype(dtype), m)
+    out, cache = scaled_dot_product_attention_forward(q, k, v)
+    grads = scaled_dot_product_attention_backward(dout, cache)
+    p = cache.p
+    ds = np.empty_like(p)  # the backward's softmax step, recomputed plainly
+    dp = np.matmul(dout, v.mT)
+    ds[...] = p * (dp - (dp * p).sum(-1, keepdims=True)) * cache.scale
+    plain = (np.matmul(p, v), np.matmul(ds, k), np.matmul(ds.mT, q), np.matmul(p.mT, dout))
+    for got, like, want in zip((out, *grads), (q, q, k, v), plain):
+        assert got.strides == like.strides
+        merged = _merge_heads(got)  # (B, L, D)
+        assert np.shares_memory(merged, got)
+        np.testing.assert_allclose(got, want, **TOL[dtype])
+    np.testing.assert_array_equal(out, np.matmul(p, v))  # the same product, bit for bit
+
+
+def test_product_falls_back_to_a_plain_product(rng):
+    a, b = rng.standard_normal((2, 3, 5, 4)), rng.standard_normal((2, 3, 4, 6))
+    like = np.permute_dims(rng.standard_normal((2, 5, 3, 6)), (0, 2, 1, 3))  # (2, 3, 5, 6)
+    assert _product(a, b, like).strides == like.strides
+    for other in (
+        like[:1],  # another shape: a broadcast batch
+        like.astype(np.float32),  # another dtype
+        xps.asarray(like),  # another array library
+    ):
+        got = _product(a, b, other)
+        assert got.flags.c_contiguous
+        np.testing.assert_array_equal(got, np.matmul(a, b))
+    got = _product(xps.asarray(a), xps.asarray(b), like)  # array-api-strict inputs
+    np.testing.assert_array_equal(np.asarray(got), np.matmul(a, b))
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

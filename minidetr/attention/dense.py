@@ -34,6 +34,28 @@ class AttentionCache(NamedTuple):
     scale: float
 
 
+def _product(a: Array, b: Array, like: Array) -> Array:
+    """a @ b, written in the memory layout of ``like`` when it is a NumPy array of the
+    product's shape and dtype.
+
+    Multi-head attention's q, k and v are the heads of (B, L, D) projections: permuted
+    views. NumPy lays a fresh product out in C order (B, M, L, d), so merging the heads
+    back into (B, L, D) copies it; written in the layout of q (or k, v) instead, the
+    merge is a view. BLAS writes either layout directly, so the values are the same.
+    """
+    if (
+        type(like) is np.ndarray
+        and type(a) is np.ndarray
+        and type(b) is np.ndarray
+        and a.dtype == b.dtype == like.dtype
+        and a.shape[:-1] == like.shape[:-1]
+        and b.shape[:-2] == like.shape[:-2]
+        and b.shape[-1] == like.shape[-1]
+    ):
+        return np.matmul(a, b, out=np.empty_like(like))  # (..., L, d), strides as like's
+    return namespace(a, b).matmul(a, b)
+
+
 def scaled_dot_product_attention_forward(
     q: Array, k: Array, v: Array, mask: Array | None = None
 ) -> tuple[Array, AttentionCache]:
@@ -62,7 +84,7 @@ def scaled_dot_product_attention_forward(
         scale_and_shift_rows(rows, p.dtype.type(scale))  # the scale rounded as NumPy would
         np.exp(p, out=p)
         normalize_rows(rows)
-        return xp.matmul(p, v), AttentionCache(q, k, v, p, scale)
+        return _product(p, v, q), AttentionCache(q, k, v, p, scale)  # (..., Lq, dv)
     s = xp.matmul(q, k.mT) * scale  # (..., Lq, Lk)
     if mask is None:
         s = s - xp.max(s, axis=-1, keepdims=True)
@@ -90,7 +112,7 @@ def scaled_dot_product_attention_backward(
     """Gradients (dq, dk, dv); masked pairs receive exactly zero."""
     xp = namespace(dout)
     q, k, v, p = cache.q, cache.k, cache.v, cache.p
-    dv = xp.matmul(p.mT, dout)  # (..., Lk, dv)
+    dv = _product(p.mT, dout, v)  # (..., Lk, dv)
     dp = xp.matmul(dout, v.mT)  # (..., Lq, Lk)
     extra = extra_attention_grad(cache)  # a loss on the map itself (attention regularisation)
     if extra is not None:
@@ -107,8 +129,8 @@ def scaled_dot_product_attention_backward(
         )
     else:  # softmax backward
         ds = p * (dp - xp.sum(dp * p, axis=-1, keepdims=True)) * cache.scale
-    dq = xp.matmul(ds, k)  # (..., Lq, d)
-    dk = xp.matmul(ds.mT, q)  # (..., Lk, d)
+    dq = _product(ds, k, q)  # (..., Lq, d)
+    dk = _product(ds.mT, q, k)  # (..., Lk, d)
     dq, dk, dv = _unbroadcast(dq, q.shape), _unbroadcast(dk, k.shape), _unbroadcast(dv, v.shape)
     return dq, dk, dv
 
