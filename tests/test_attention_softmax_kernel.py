@@ -70,15 +70,17 @@ def test_compiled_softmax_takes_permuted_views(rng, perm):
         np.testing.assert_allclose(g, w, **TOL[np.float64])
 
 
+@pytest.mark.parametrize("masked", [False, True])  # the compiled softmax, the array code
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_head_outputs_and_gradients_keep_their_inputs_layout(rng, dtype):
+def test_head_outputs_and_gradients_keep_their_inputs_layout(rng, dtype, masked):
     """out, dq, dk and dv are written in the memory layout of q, q, k and v: the heads of
     (B, L, D) projections merge back without a copy, with the values of plain products."""
     b, lq, lk, m, d = 3, 5, 7, 4, 6
     q = _split_heads(rng.standard_normal((b, lq, m * d)).astype(dtype), m)  # (B, M, Lq, d)
     k, v = (_split_heads(rng.standard_normal((b, lk, m * d)).astype(dtype), m) for _ in "kv")
     dout = _split_heads(rng.standard_normal((b, lq, m * d)).astype(dtype), m)
-    out, cache = scaled_dot_product_attention_forward(q, k, v)
+    mask = rng.random((b, 1, 1, lk)) < 0.7 if masked else None  # (B, 1, 1, Lk) padding
+    out, cache = scaled_dot_product_attention_forward(q, k, v, mask)
     grads = scaled_dot_product_attention_backward(dout, cache)
     p = cache.p
     ds = np.empty_like(p)  # the backward's softmax step, recomputed plainly

@@ -102,7 +102,7 @@ def scaled_dot_product_attention_forward(
         e = xp.exp(xp.where(mask, s - m, neg_inf))  # exactly 0 where masked
     denom = xp.sum(e, axis=-1, keepdims=True)
     p = e / xp.where(denom > 0, denom, xp.ones_like(denom))  # (..., Lq, Lk)
-    out = xp.matmul(p, v)  # (..., Lq, dv)
+    out = _product(p, v, q)  # (..., Lq, dv)
     return out, AttentionCache(q, k, v, p, scale)
 
 
