@@ -121,7 +121,7 @@ def test_in_place_path_takes_aligned_float64_matrices_and_nothing_else(rng):
         np.ones(3),
         np.ones((1, 2, 3)),
     ]
-    for odd in others:  # anywhere in any chunk, one odd matrix sends the list to _pack
+    for odd in others:  # anywhere in any chunk, one odd matrix sends the list to _pack_any
         for at in (0, 6, 15, 16, 40):
             mats = fast * 5
             mats[at] = odd
@@ -136,7 +136,7 @@ def test_pack_copies_what_cannot_be_read_in_place_row_by_row(rng):
         [rng.random((7, 4)), whole[::-1], whole[:, ::-3], _unaligned(rng, (4, 5))],
         layouts_of(rng),  # float32, integers, bools, big-endian, np.matrix, a list: converted
     ):
-        flat, shapes = solver._pack(mats)
+        flat, shapes = solver._pack_any(mats)
         want = [np.asarray(m, dtype=np.float64) for m in mats]
         np.testing.assert_array_equal(flat, np.concatenate(want, axis=None))
         np.testing.assert_array_equal(shapes, [m.shape for m in want])

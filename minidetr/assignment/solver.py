@@ -7,8 +7,9 @@ matrices) and ``linear_sum_assignment_stacked`` (DETR's layout, one row per
 target) solve many matrices of different shapes in one compiled call, with scratch
 space allocated once per batch: a Python loop of SciPy calls pays its call
 overhead per matrix. A list of float64 NumPy matrices, the common case, is checked
-without a Python loop over it and read where it lies; anything else is converted
-matrix by matrix, as ``linear_sum_assignment`` converts it, into one buffer.
+without a Python loop over it and read where it lies; anything else (other dtypes,
+unaligned or reversed arrays) is converted matrix by matrix, as
+``linear_sum_assignment`` converts it, into one buffer.
 
 The compiled drivers of ``drivers.py`` orient each problem for the solver in
 ``jonker_volgenant``, check its entries, solve it and write its pairs in SciPy's order.
@@ -20,7 +21,6 @@ K = max(N, M) columns; a batch holds P problems.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import chain
 from operator import attrgetter
 from typing import Any
 
@@ -109,7 +109,7 @@ def _split(out: np.ndarray, out_start: np.ndarray) -> list[tuple[np.ndarray, np.
     return [(rows[a:b], cols[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-_DTYPE, _NDIM, _SHAPE = attrgetter("dtype"), attrgetter("ndim"), attrgetter("shape")
+_DTYPE = attrgetter("dtype")
 _PAD = np.zeros((0, 0))  # fills a batch's last chunk for ``_locate_chunk``
 
 
@@ -121,7 +121,7 @@ def _locate(costs: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | Non
     ``map`` over the list; the compiled ``_locate_chunk`` takes the matrices CHUNK at
     a time (a few microseconds for 64) and refuses, by its signature, anything with
     other than 2 dimensions. None sends such a list, or one with a matrix not aligned
-    to 8 bytes or with negative strides, to ``_pack``.
+    to 8 bytes or with negative strides, to ``_pack_any``.
     """
     if set(map(type, costs)) != {np.ndarray} or set(map(_DTYPE, costs)) != {_FLOAT64}:
         return None
@@ -138,23 +138,6 @@ def _locate(costs: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | Non
         except TypeError:  # no signature matches: not 2-D
             return None
     return addresses[:n], shapes[:n], strides[:n]
-
-
-def _pack(costs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(flat, shapes (P, 2)): the matrices copied one after another, each row-major.
-
-    float64 matrices that cannot be read in place (unaligned, reversed) are copied by
-    one ``np.concatenate``; anything else goes through ``_pack_any``.
-    """
-    if (
-        set(map(type, costs)) != {np.ndarray}
-        or set(map(_DTYPE, costs)) != {_FLOAT64}
-        or set(map(_NDIM, costs)) != {2}
-    ):
-        return _pack_any(costs)
-    flat = np.concatenate(costs, axis=None)  # (sum_p N_p M_p,), each matrix row by row
-    dims = np.fromiter(chain.from_iterable(map(_SHAPE, costs)), np.int64, 2 * len(costs))
-    return flat, dims.reshape(len(costs), 2)  # (P, 2)
 
 
 def _locate_in(flat: np.ndarray, shapes: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -191,7 +174,7 @@ def linear_sum_assignment_batch(
         return []
     located = _locate(costs)  # float64 matrices: read where they lie
     if located is None:
-        flat, shapes = _pack(costs)  # held until the solver returns: it reads flat
+        flat, shapes = _pack_any(costs)  # held until the solver returns: it reads flat
         located = _locate_in(flat, shapes)
     status, p, out, out_start = _solve_batch(*located, bool(maximize))
     if status != OK:
