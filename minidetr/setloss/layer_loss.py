@@ -95,8 +95,9 @@ def layer_loss_backward(c: LayerLossCache) -> Predictions:
     bsz, q, k = c.logits_shape
     w_ce, w_bbox, w_giou = c.weights
     dtype, dev = a.tgt_boxes.dtype, a.tgt_boxes.device
-    dlogits = None  # (B*Q, K)
-    if c.class_cache is not None:
+    if c.class_cache is None:
+        dlogits = xp.zeros((bsz * q, k), dtype=dtype, device=dev)  # (B*Q, K)
+    else:
         if c.focal:
             dout = xp.full(c.class_cache.p.shape, w_ce / a.num_boxes, dtype=dtype, device=dev)
             dx = sigmoid_focal_loss_backward(dout, c.class_cache)[0]
@@ -105,9 +106,7 @@ def layer_loss_backward(c: LayerLossCache) -> Predictions:
             dx = weighted_cross_entropy_backward(dloss, c.class_cache)[0]
         if a.rows is not None:  # only the scored rows have a gradient
             dx = index_add(xp.zeros((bsz * q, k), dtype=dtype, device=dev), a.rows, dx)
-        dlogits = dx
-    if dlogits is None:
-        dlogits = xp.zeros((bsz * q, k), dtype=dtype, device=dev)
+        dlogits = dx  # (B*Q, K)
     dboxes = xp.zeros((bsz * q, 4), dtype=dtype, device=dev)  # (B*Q, 4)
     if c.box_cache is not None and a.src.shape[0] > 0:
         dsrc = matched_box_loss_backward(w_bbox, w_giou, c.box_cache)  # (M, 4)
