@@ -42,6 +42,15 @@ def test_track_queries_are_padded_and_hidden_from_the_others():
     assert mask[1, 0, 0, 0] and mask[1, 0, 0, 2:].all()  # ... but sees itself and the others
 
 
+def test_hidden_class_gives_every_slot_the_padding_label():
+    tracks = [(np.array([4, 1]), np.array([2, 0]), np.array([[0.5, 0.5, 0.2, 0.2]] * 2))]
+    shown = make_track_queries(tracks, num_classes=3)
+    hidden = make_track_queries(tracks, num_classes=3, hide_class=True)
+    np.testing.assert_array_equal(hidden.labels, [[3, 3]])
+    for a, b in zip(shown[1:], hidden[1:]):  # boxes, ids and valid are unchanged
+        np.testing.assert_array_equal(a, b)
+
+
 def test_identity_matcher_returns_the_fixed_assignment():
     matcher = IdentityMatcher([np.array([2, -1, 0]), np.array([-1])], focal=True)
     (q0, t0), (q1, t1) = matcher({}, [{}, {}])

@@ -38,9 +38,7 @@ def _queries(tracks: list[_Tracks], spec: ContentSpec, c: int) -> tuple[TrackQue
          np.array([v[1] for v in t.items.values()]).reshape(-1, 4))
         for t in tracks
     ]  # fmt: skip
-    tq = make_track_queries(per_clip, c)
-    if spec.mode == "replace":
-        tq = tq._replace(labels=np.full_like(tq.labels, c))
+    tq = make_track_queries(per_clip, c, hide_class=spec.mode == "replace")
     return tq, [v[2] for t in tracks for v in t.items.values()]
 
 
@@ -132,7 +130,4 @@ def chained_track_queries(
             hs.append(stale)
         per_clip.append((ids, labels, box))
         hist.extend(hs)
-    tq = make_track_queries(per_clip, c)
-    if cfg.track_embedding == "replace":
-        tq = tq._replace(labels=np.full_like(tq.labels, c))
-    return tq, hist
+    return make_track_queries(per_clip, c, hide_class=cfg.track_embedding == "replace"), hist

@@ -71,7 +71,5 @@ def embedding_track_queries(
             hist.append(stale)
         per_clip.append((kept_ids, labels, box))
         slot_histories.extend(hist)
-    tq = make_track_queries(per_clip, c)
-    if cfg.track_embedding == "replace":  # the class is not given: the padding row for all
-        tq = tq._replace(labels=np.full_like(tq.labels, c))
+    tq = make_track_queries(per_clip, c, hide_class=cfg.track_embedding == "replace")
     return tq, slot_histories

@@ -121,10 +121,10 @@ def track_clips(
         tq = None
         if track_queries:
             tq = make_track_queries(
-                [(np.asarray(s.ids), np.asarray(s.labels), np.asarray(s.boxes)) for s in live], c
+                [(np.asarray(s.ids), np.asarray(s.labels), np.asarray(s.boxes)) for s in live],
+                c,
+                hide_class=spec.mode == "replace",  # the class is not given: the padding row
             )
-            if spec.mode == "replace":  # the class is not given: the padding row for all
-                tq = tq._replace(labels=np.full_like(tq.labels, c))
         dn = dn_content = None
         if tq is not None and tq.count:
             dn = decoder_queries(tq, model.config.num_queries, like)

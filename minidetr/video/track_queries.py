@@ -44,9 +44,16 @@ class TrackQueries(NamedTuple):
 
 
 def make_track_queries(
-    tracks: list[tuple[np.ndarray, np.ndarray, np.ndarray]], num_classes: int
+    tracks: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    num_classes: int,
+    *,
+    hide_class: bool = False,
 ) -> TrackQueries:
-    """Pad per-clip (ids (n,), labels (n,), boxes (n, 4)) into one :class:`TrackQueries`."""
+    """Pad per-clip (ids (n,), labels (n,), boxes (n, 4)) into one :class:`TrackQueries`.
+
+    ``hide_class``: every slot takes the padding row's label (``num_classes``), for track
+    queries whose content replaces the class embedding (``track_embedding="replace"``).
+    """
     b = len(tracks)
     qt = max((len(ids) for ids, _, _ in tracks), default=0)
     labels = np.full((b, qt), num_classes, dtype=np.int64)
@@ -54,7 +61,9 @@ def make_track_queries(
     ids_out = np.full((b, qt), -1, dtype=np.int64)
     for i, (ids, lab, box) in enumerate(tracks):
         n = len(ids)
-        ids_out[i, :n], labels[i, :n] = ids, lab
+        ids_out[i, :n] = ids
+        if not hide_class:
+            labels[i, :n] = lab
         boxes[i, :n] = np.clip(np.asarray(box, dtype=np.float64).reshape(n, 4), 1e-3, 1 - 1e-3)
     return TrackQueries(labels, boxes, ids_out, ids_out >= 0)
 
